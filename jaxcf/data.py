@@ -1,0 +1,190 @@
+"""From a ratings table to encoded, split arrays on the device.
+
+A ratings table is a DataFrame with columns user, item, rating (and maybe
+timestamp, title), as `jaxcf.io` and `jaxcf.movielens` return. This module
+builds the vocabularies (index 0 is `#na#`, the unknown id, as in fastai),
+chooses the validation rows and puts int32/float32 arrays on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import pandas as pd
+
+from jaxcf import io
+from jaxcf.errors import UserError
+
+UNKNOWN = "#na#"
+
+
+class Vocab:
+  """A sorted vocabulary of ids; index 0 stands for any unknown id.
+
+  Attributes:
+    classes: the distinct known ids, sorted (numbers numerically, strings by
+      code point); id `classes[i]` encodes as `i + 1`.
+  """
+
+  def __init__(self, values):
+    self.classes = np.asarray(pd.unique(np.asarray(values)))
+    self.classes.sort()
+    self._index = pd.Index(self.classes)
+
+  def __len__(self) -> int:
+    """Number of rows an embedding table needs: the ids plus `#na#`."""
+    return len(self.classes) + 1
+
+  def encode(self, values) -> np.ndarray:
+    """ids -> int32 indices in [1, len); ids not in the vocabulary -> 0."""
+    return (self._index.get_indexer(np.asarray(values)) + 1).astype(np.int32)
+
+  def decode(self, indices) -> np.ndarray:
+    """indices -> ids (object array); 0 decodes to '#na#'."""
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"indices must lie in [0, {len(self)})")
+    table = np.concatenate([np.array([UNKNOWN], dtype=object),
+                            self.classes.astype(object)])
+    return table[indices]
+
+
+class Ratings(NamedTuple):
+  """Encoded rating triples on the device (a pytree).
+
+  users, items: int32 [n] vocabulary indices; ratings: float32 [n].
+  """
+  users: jax.Array
+  items: jax.Array
+  ratings: jax.Array
+
+  def __len__(self) -> int:
+    return int(self.ratings.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class CollabData:
+  """Everything training needs: vocabularies and the two encoded splits.
+
+  Attributes:
+    users, items: vocabularies of user ids and item keys (titles when
+      `item_key == 'title'`), built from all rows. Rows of ids that occur
+      only in validation never receive a gradient.
+    train, valid: encoded ratings on the default device.
+    table: the source table; `train_rows`/`valid_rows` index into it.
+    item_key: the table column that identifies items ('item' or 'title').
+  """
+  users: Vocab
+  items: Vocab
+  train: Ratings
+  valid: Ratings
+  table: pd.DataFrame
+  train_rows: np.ndarray
+  valid_rows: np.ndarray
+  item_key: str
+
+  @property
+  def n_users(self) -> int:
+    return len(self.users)
+
+  @property
+  def n_items(self) -> int:
+    return len(self.items)
+
+
+def random_split(n: int, valid_pct: float, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """fastai's RandomSplitter: shuffle all rows, the first valid_pct are valid.
+
+  Returns:
+    (train_rows, valid_rows): int64 row indices, disjoint, covering [0, n).
+  """
+  if not 0.0 < valid_pct < 1.0:
+    raise UserError(f"--valid_pct={valid_pct} must lie strictly between 0 "
+                    "and 1")
+  perm = np.random.default_rng(seed).permutation(n)
+  cut = int(valid_pct * n)
+  return perm[cut:], perm[:cut]
+
+
+def pairs_split(table: pd.DataFrame, pairs: pd.DataFrame, source: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Validation rows are those whose (user, item) is listed in `pairs`.
+
+  Args:
+    table: ratings with user and item columns (raw ids).
+    pairs: a DataFrame with user and item columns; every pair must occur in
+      `table` and be listed once.
+    source: where the pairs came from, for messages.
+
+  Returns:
+    (train_rows, valid_rows), as for `random_split`.
+  """
+  pairs = pairs[["user", "item"]]
+  dup = pairs.duplicated()
+  if dup.any():
+    first = tuple(pairs[dup].iloc[0])
+    raise UserError(f"{source}: {int(dup.sum())} (user, item) pair(s) are "
+                    f"listed twice, e.g. {io.show(first)}; list each once")
+  keys = table[["user", "item"]]
+  if any(keys[c].dtype != pairs[c].dtype for c in ("user", "item")):
+    keys, pairs = keys.astype(str), pairs.astype(str)
+  index = pd.MultiIndex.from_frame(pairs)
+  in_valid = pd.MultiIndex.from_frame(keys).isin(index)
+  found = index.isin(pd.MultiIndex.from_frame(keys))
+  if not found.all():
+    first = tuple(pairs[~found].iloc[0])
+    raise UserError(f"{source}: {int((~found).sum())} of {len(pairs)} "
+                    f"validation pair(s) are not in the ratings, e.g. "
+                    f"(user, item) = {io.show(first)}; is it the split for this data?")
+  rows = np.arange(len(table))
+  return rows[~in_valid], rows[in_valid]
+
+
+def prepare(table: pd.DataFrame, train_rows: np.ndarray,
+            valid_rows: np.ndarray, *, item_key: str = "item",
+            device=None) -> CollabData:
+  """Encodes ids with vocabularies of all rows and puts the splits on device.
+
+  Args:
+    table: ratings (user, item, rating[, title, ...]).
+    train_rows, valid_rows: row indices into `table`.
+    item_key: 'item' to key items by id, 'title' by title (the book's choice
+      for MovieLens, where 18 ids share a title).
+    device: a jax device or sharding; None means the default device.
+  """
+  if item_key not in table:
+    raise UserError(f"--item_name={item_key}: the ratings have no {item_key!r}"
+                    " column (titles need an items file)")
+  if len(train_rows) == 0:
+    raise UserError("the split leaves no training rows; lower --valid_pct or "
+                    "check the validation file")
+  users, items = Vocab(table["user"]), Vocab(table[item_key])
+  u = users.encode(table["user"])
+  i = items.encode(table[item_key])
+  r = table["rating"].to_numpy(np.float32)
+
+  def put(rows):
+    return Ratings(*(jax.device_put(x[rows], device) for x in (u, i, r)))
+
+  return CollabData(users=users, items=items, train=put(train_rows),
+                    valid=put(valid_rows), table=table,
+                    train_rows=np.asarray(train_rows),
+                    valid_rows=np.asarray(valid_rows), item_key=item_key)
+
+
+def read_pairs(path: str) -> pd.DataFrame:
+  """Reads (user, item) pairs: the first two columns of a TSV/CSV file.
+
+  A header line is allowed (fastai-splits files start with 'user movie');
+  further columns (a rating, a timestamp, as in u1.test) are ignored.
+  """
+  raw, _ = io.read_columns(path, {"user": 0, "item": 1},
+                           what="validation file")
+  if len(raw) == 0:
+    raise UserError(f"validation file {path} lists no (user, item) pairs")
+  return pd.DataFrame({"user": io.parse_ids(raw["user"].to_numpy()),
+                       "item": io.parse_ids(raw["item"].to_numpy())})

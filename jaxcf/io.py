@@ -1,0 +1,325 @@
+"""Reading delimited rating and item files into checked pandas tables.
+
+Every row of the file is either returned or reported: a malformed line stops
+the read with a `UserError` naming the file, the line and what to do. Blank
+lines are the only lines skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from jaxcf.errors import UserError
+
+Column = str | int  # a header name, or a 0-based position
+
+# Header names recognised when `--columns` is not given (lower case).
+KNOWN_NAMES = {
+    "user": ("user", "user_id", "userid", "uid", "user id"),
+    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id",
+             "movieid", "movie id", "item id"),
+    "rating": ("rating", "ratings", "score", "stars"),
+    "timestamp": ("timestamp", "time", "ts", "date"),
+}
+_SEPARATORS = ("::", "\t", ",", ";", "|")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def sniff_separator(first_line: str) -> str:
+  """Guesses the separator from a file's first non-blank line."""
+  for sep in _SEPARATORS:
+    if sep in first_line:
+      return sep
+  return r"\s+"
+
+
+def _first_line(path: str, encoding: str) -> str:
+  with open(path, encoding=encoding, errors="replace") as f:
+    for line in f:
+      if line.strip():
+        return line.rstrip("\r\n")
+  raise UserError(f"{path}: the file is empty; it needs one row per rating")
+
+
+def _check_file(path: str, what: str) -> None:
+  if not os.path.exists(path):
+    raise UserError(f"{what} not found: {path}")
+  if not os.path.isfile(path):
+    raise UserError(f"{what} is not a file: {path}")
+
+
+def _encoding(path: str, encoding: str | None) -> str:
+  """Returns `encoding`, or UTF-8 when the file decodes as UTF-8, else latin-1."""
+  if encoding:
+    return encoding
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+    return "utf-8"
+  except UnicodeDecodeError:
+    return "latin-1"
+
+
+def read_columns(path: str, columns: Mapping[str, Column], *,
+                 sep: str | None = None, header: bool | None = None,
+                 encoding: str | None = None, what: str = "file",
+                 numeric: str | None = None
+                 ) -> tuple[pd.DataFrame, np.ndarray]:
+  """Reads the named columns of a delimited text file as strings.
+
+  Args:
+    path: the file.
+    columns: output name -> header name or 0-based position in the file.
+    sep: the field separator; None guesses it from the first line.
+    header: whether the first line names the columns; None decides: yes when
+      a column is given by name, when a requested field of the first line is
+      a usual column name (user, movieId, title, ...), or when the field of
+      the `numeric` column is not a number.
+    encoding: text encoding; None tries UTF-8, then latin-1.
+    what: how messages name the file ("ratings file", ...).
+    numeric: the key of a column whose data fields are numbers (the rating).
+
+  Returns:
+    (table, line): a DataFrame with one str column per key of `columns`, and
+    the 1-based line number in the file of each row (for messages).
+  """
+  _check_file(path, what)
+  encoding = _encoding(path, encoding)
+  first = _first_line(path, encoding)
+  if sep is None:
+    sep = sniff_separator(first)
+  if header is None:
+    header = _looks_like_header(first, sep, columns, numeric)
+  engine = "python" if len(sep) > 1 else "c"
+  try:
+    raw = pd.read_csv(path, sep=sep, header=None, dtype=str, engine=engine,
+                      encoding=encoding, keep_default_na=False,
+                      na_filter=False, skip_blank_lines=False)
+  except pd.errors.EmptyDataError:
+    raise UserError(f"{path}: the file is empty") from None
+  except pd.errors.ParserError as e:
+    detail = str(e).replace("Error tokenizing data. C error: ", "").strip()
+    raise UserError(f"{what} {path}: {detail}; check --sep (used {sep!r}) "
+                    "and that every line has the same number of fields"
+                    ) from None
+  line = np.arange(1, len(raw) + 1)
+  names = list(raw.iloc[0]) if header else None
+  if header:
+    raw, line = raw.iloc[1:], line[1:]
+  blank = raw.apply(lambda c: c.isna() | (c.str.strip() == "")).all(axis=1)
+  raw, line = raw[~blank.to_numpy()], line[~blank.to_numpy()]
+
+  table = {}
+  for out_name, col in columns.items():
+    if isinstance(col, str):
+      found = [i for i, n in enumerate(names) if str(n).strip() == col]
+      if not found:
+        raise UserError(
+            f"{what} {path}: no column named {col!r} in the header "
+            f"{[str(n).strip() for n in names]} (separator {sep!r}); name the "
+            "columns with --columns, or pass --sep")
+      col = found[0]
+    if col >= raw.shape[1]:
+      raise UserError(
+          f"{what} {path}: found {raw.shape[1]} column(s) with separator "
+          f"{sep!r}, but the {out_name} column is at position {col}; pass "
+          "--sep or --columns")
+    values = raw.iloc[:, col]
+    missing = values.isna().to_numpy() | (values.str.strip() == "").to_numpy()
+    if missing.any():
+      i = int(np.argmax(missing))
+      raise UserError(
+          f"{what} {path}, line {line[i]}: the {out_name} field is missing "
+          f"({raw.shape[1]} fields expected, separator {sep!r}); fix the line "
+          "or pass --sep")
+    table[out_name] = values.to_numpy(dtype=object)
+  return pd.DataFrame(table), line
+
+
+def show(value) -> str:
+  """An id for a message: 196 or 'Toy Story (1995)', numpy scalars unwrapped."""
+  if isinstance(value, tuple):
+    return "(" + ", ".join(show(v) for v in value) + ")"
+  return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _split(line: str, sep: str) -> list[str]:
+  return re.split(sep, line) if sep == r"\s+" else line.split(sep)
+
+
+def _looks_like_header(first: str, sep: str, columns: Mapping[str, Column],
+                       numeric: str | None) -> bool:
+  if any(isinstance(c, str) for c in columns.values()):
+    return True
+  fields = [f.strip().strip('"').lower() for f in _split(first, sep)]
+  names = {n for aliases in KNOWN_NAMES.values() for n in aliases}
+  names |= {"title", "name", "movie_title"}
+  if any(c < len(fields) and fields[c] in names for c in columns.values()):
+    return True
+  col = columns.get(numeric)
+  return col is not None and col < len(fields) and not _is_number(fields[col])
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
+def parse_ids(values: np.ndarray) -> np.ndarray:
+  """Returns int64 ids when every value is an integer, else the strings."""
+  series = pd.Series(values, dtype=object).astype(str).str.strip()
+  if series.str.fullmatch(_INT.pattern).all():
+    return series.astype(np.int64).to_numpy()
+  return series.to_numpy(dtype=object)
+
+
+def parse_numbers(values: np.ndarray, line: np.ndarray, *, path: str,
+                  name: str, what: str) -> np.ndarray:
+  """Parses finite float64 numbers, or raises naming the first bad line."""
+  numbers = pd.to_numeric(pd.Series(values, dtype=object).astype(str).str.strip(),
+                          errors="coerce").to_numpy(
+      dtype=np.float64)
+  bad = ~np.isfinite(numbers)
+  if bad.any():
+    i = int(np.argmax(bad))
+    kind = "not a number" if math.isnan(numbers[i]) and not _is_number(
+        values[i]) else "not a finite number"
+    raise UserError(f"{what} {path}, line {line[i]}: {name} {values[i]!r} is "
+                    f"{kind}; fix or remove the line")
+  return numbers
+
+
+def parse_columns_flag(text: str | Sequence[str] | None) -> list[Column] | None:
+  """'user,item,rating' or '0,1,2' -> column names or positions; '' -> None."""
+  if text is None:
+    return None
+  parts = text.split(",") if isinstance(text, str) else list(text)
+  parts = [p.strip() for p in parts if p.strip()]
+  if not parts:
+    return None
+  return [int(p) if p.isdigit() else p for p in parts]
+
+
+def _auto_columns(path: str, sep: str | None, encoding: str | None,
+                  what: str) -> dict[str, Column]:
+  """Finds user/item/rating[/timestamp] by header names, else positions."""
+  encoding = _encoding(path, encoding)
+  first = _first_line(path, encoding)
+  sep = sep or sniff_separator(first)
+  fields = [f.strip().strip('"') for f in _split(first, sep)]
+  lower = [f.lower() for f in fields]
+  found = {}
+  for key, aliases in KNOWN_NAMES.items():
+    for alias in aliases:
+      if alias in lower:
+        found[key] = fields[lower.index(alias)]
+        break
+  if all(k in found for k in ("user", "item", "rating")):
+    return found
+  if any(_is_number(f) for f in fields[2:3]):
+    cols = {"user": 0, "item": 1, "rating": 2}
+    if len(fields) > 3 and _is_number(fields[3]):
+      cols["timestamp"] = 3
+    return cols
+  raise UserError(
+      f"{what} {path}: cannot tell which columns hold user, item and rating "
+      f"(first line {first[:80]!r}); pass --columns=USER,ITEM,RATING by "
+      "header name or 0-based position")
+
+
+def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
+                 sep: str | None = None, header: bool | None = None,
+                 encoding: str | None = None) -> pd.DataFrame:
+  """Reads a ratings file: one (user, item, rating[, timestamp]) per line.
+
+  Args:
+    path: a CSV/TSV/'::'-separated file, with or without a header line.
+    columns: [user, item, rating] or [user, item, rating, timestamp], each a
+      header name or a 0-based position; None finds them by common header
+      names (userId, movieId, rating, ...) or takes positions 0, 1, 2[, 3].
+    sep, header, encoding: as in `read_columns`.
+
+  Returns:
+    A DataFrame with columns user and item (int64 when every id is an
+    integer, else str), rating (float32, fractional allowed) and, when a
+    timestamp column is named, timestamp (int64). One row per line.
+  """
+  what = "ratings file"
+  _check_file(path, what)
+  if columns is None:
+    cols = _auto_columns(path, sep, encoding, what)
+  else:
+    if len(columns) not in (3, 4):
+      raise UserError(f"--columns names {len(columns)} columns; give 3 "
+                      "(user,item,rating) or 4 (user,item,rating,timestamp)")
+    cols = dict(zip(("user", "item", "rating", "timestamp"), columns))
+  raw, line = read_columns(path, cols, sep=sep, header=header,
+                           encoding=encoding, what=what, numeric="rating")
+  if len(raw) == 0:
+    raise UserError(f"{what} {path} holds no ratings (only a header or blank "
+                    "lines)")
+  out = pd.DataFrame({
+      "user": parse_ids(raw["user"].to_numpy()),
+      "item": parse_ids(raw["item"].to_numpy()),
+      "rating": parse_numbers(raw["rating"].to_numpy(), line, path=path,
+                              name="rating", what=what).astype(np.float32),
+  })
+  if "timestamp" in raw:
+    out["timestamp"] = parse_numbers(
+        raw["timestamp"].to_numpy(), line, path=path, name="timestamp",
+        what=what).astype(np.int64)
+  return out
+
+
+def read_titles(path: str, *, columns: Sequence[Column] = (0, 1),
+                sep: str | None = None, header: bool | None = None,
+                encoding: str | None = None) -> pd.DataFrame:
+  """Reads an items file mapping item id -> title (e.g. u.item, movies.csv).
+
+  Returns:
+    A DataFrame with columns item (int64 or str, unique) and title (str,
+    verbatim: u.item has titles with a trailing space, which fastai keeps).
+  """
+  what = "items file"
+  if len(columns) != 2:
+    raise UserError(f"--item_columns names {len(columns)} columns; give 2 "
+                    "(item id, title)")
+  raw, line = read_columns(path, dict(zip(("item", "title"), columns)),
+                           sep=sep, header=header, encoding=encoding,
+                           what=what)
+  out = pd.DataFrame({"item": parse_ids(raw["item"].to_numpy()),
+                      "title": raw["title"].astype(str).to_numpy()})
+  dup = out["item"].duplicated().to_numpy()
+  if dup.any():
+    i = int(np.argmax(dup))
+    raise UserError(f"{what} {path}, line {line[i]}: item id "
+                    f"{show(out['item'].iloc[i])} appears twice; each item needs "
+                    "one title")
+  return out
+
+
+def attach_titles(ratings: pd.DataFrame, titles: pd.DataFrame,
+                  titles_path: str) -> pd.DataFrame:
+  """Adds a title column; every rated item must have a title."""
+  if ratings["item"].dtype != titles["item"].dtype:
+    ratings = ratings.assign(item=ratings["item"].astype(str))
+    titles = titles.assign(item=titles["item"].astype(str))
+  mapping = pd.Series(titles["title"].to_numpy(), index=titles["item"])
+  title = ratings["item"].map(mapping)
+  missing = title.isna().to_numpy()
+  if missing.any():
+    ids = pd.unique(ratings["item"][missing])
+    raise UserError(f"items file {titles_path}: no title for {len(ids)} rated "
+                    f"item id(s), e.g. {show(ids[0])}; add them or drop "
+                    "--items_file to key items by id")
+  return ratings.assign(title=title.to_numpy(dtype=object))

@@ -1,0 +1,223 @@
+"""Collaborative-filtering models as Flax Linen modules.
+
+Every model maps int32 user and item indices [batch] to predicted ratings
+[batch] (float32). Initialisation follows fastai/PyTorch so that parameter
+counts and starting points match the reference:
+
+* embeddings: N(0, 1) wrapped into (-2, 2) by fmod, times 0.01;
+* linear layers: PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+  weights and biases;
+* batch norm: scale 1, bias 1e-3, PyTorch's running statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+YRange = tuple[float, float] | None
+
+
+def sigmoid_range(x: jax.Array, low: float, high: float) -> jax.Array:
+  """Squashes x into (low, high): sigmoid(x) * (high - low) + low."""
+  return jax.nn.sigmoid(x) * (high - low) + low
+
+
+def _squash(x: jax.Array, y_range: YRange) -> jax.Array:
+  return x if y_range is None else sigmoid_range(x, *y_range)
+
+
+def embedding_size(n: int) -> int:
+  """fastai's rule of thumb for a table of n rows: min(600, 1.6 n^0.56)."""
+  return min(600, round(1.6 * n**0.56))
+
+
+def fastai_embedding_init(key, shape, dtype=jnp.float32) -> jax.Array:
+  """fastai's `trunc_normal_(std=0.01)`: N(0,1), fmod 2, times 0.01."""
+  return jnp.fmod(jax.random.normal(key, shape, dtype), 2.0) * 0.01
+
+
+# PyTorch's nn.Linear init: kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in",
+                                                     "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1.0 / fan_in**0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _embed(n: int, features: int, name: str) -> nn.Embed:
+  return nn.Embed(n, features, embedding_init=fastai_embedding_init,
+                  name=name)
+
+
+class Linear(nn.Module):
+  """A dense layer initialised like PyTorch's nn.Linear."""
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    bias_init = _torch_bias_init(x.shape[-1])
+    return nn.Dense(self.features, use_bias=self.use_bias,
+                    kernel_init=torch_kernel_init, bias_init=bias_init,
+                    name="dense")(x)
+
+
+class BatchNorm(nn.Module):
+  """PyTorch's BatchNorm1d over the batch axis, as fastai initialises it.
+
+  Training normalises with the batch mean and biased variance and moves the
+  running statistics by `momentum` towards the batch mean and the unbiased
+  variance; evaluation normalises with the running statistics.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.constant(1e-3), (features,))
+    mean_ = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+    var_ = self.variable("batch_stats", "var", jnp.ones, (features,))
+    if train:
+      mean, var = x.mean(axis=0), x.var(axis=0)
+      if not self.is_initializing():
+        n = x.shape[0]
+        m = self.momentum
+        mean_.value = (1 - m) * mean_.value + m * mean
+        var_.value = (1 - m) * var_.value + m * var * (n / max(n - 1, 1))
+    else:
+      mean, var = mean_.value, var_.value
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class DotProduct(nn.Module):
+  """The chapter's first model: the dot product of user and item factors."""
+  n_users: int
+  n_items: int
+  n_factors: int = 50
+  y_range: YRange = None
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False):
+    u = _embed(self.n_users, self.n_factors, "user_factors")(users)
+    i = _embed(self.n_items, self.n_factors, "item_factors")(items)
+    return _squash(jnp.sum(u * i, axis=-1), self.y_range)
+
+
+class DotProductBias(nn.Module):
+  """The book's DotProductBias, which is fastai's EmbeddingDotBias.
+
+  sigmoid_range(u . i + b_u + b_i, *y_range), with bias tables of width 1.
+  """
+  n_users: int
+  n_items: int
+  n_factors: int = 50
+  y_range: YRange = (0.0, 5.5)
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False):
+    u = _embed(self.n_users, self.n_factors, "user_factors")(users)
+    i = _embed(self.n_items, self.n_factors, "item_factors")(items)
+    bu = _embed(self.n_users, 1, "user_bias")(users)[..., 0]
+    bi = _embed(self.n_items, 1, "item_bias")(items)[..., 0]
+    return _squash(jnp.sum(u * i, axis=-1) + bu + bi, self.y_range)
+
+
+class CollabNN(nn.Module):
+  """The book's CollabNN: concatenated embeddings through an MLP.
+
+  Embedding widths follow `embedding_size` unless given; hidden layers are
+  Linear -> ReLU; the output is one Linear unit squashed into y_range.
+  """
+  n_users: int
+  n_items: int
+  layers: Sequence[int] = (100,)
+  y_range: YRange = (0.0, 5.5)
+  user_size: int | None = None
+  item_size: int | None = None
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False):
+    x = _concat_embeddings(self, users, items)
+    for width in self.layers:
+      x = nn.relu(Linear(width)(x))
+    return _squash(Linear(1)(x)[..., 0], self.y_range)
+
+
+class EmbeddingNN(nn.Module):
+  """fastai's EmbeddingNN (a TabularModel of two categorical inputs).
+
+  Each hidden layer is Linear (no bias) -> ReLU -> BatchNorm; no dropout.
+  Call with train=True, mutable=['batch_stats'] when training.
+  """
+  n_users: int
+  n_items: int
+  layers: Sequence[int] = (100, 50)
+  y_range: YRange = (0.0, 5.5)
+  user_size: int | None = None
+  item_size: int | None = None
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False):
+    x = _concat_embeddings(self, users, items)
+    for width in self.layers:
+      x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
+    return _squash(Linear(1)(x)[..., 0], self.y_range)
+
+
+def _concat_embeddings(module, users, items) -> jax.Array:
+  user_size = module.user_size or embedding_size(module.n_users)
+  item_size = module.item_size or embedding_size(module.n_items)
+  u = _embed(module.n_users, user_size, "user_factors")(users)
+  i = _embed(module.n_items, item_size, "item_factors")(items)
+  return jnp.concatenate([u, i], axis=-1)
+
+
+MODELS = {
+    "dot": DotProduct,
+    "dot_bias": DotProductBias,
+    "collab_nn": CollabNN,
+    "embedding_nn": EmbeddingNN,
+}
+
+
+def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
+           y_range: YRange = (0.0, 5.5),
+           layers: Sequence[int] | None = None) -> nn.Module:
+  """Builds a model by name.
+
+  Args:
+    name: one of MODELS.
+    n_users, n_items: table rows, counting the `#na#` row.
+    n_factors: factor width of the dot models (the NN models size their
+      embeddings by `embedding_size`).
+    y_range: (low, high) for `sigmoid_range`, or None for a raw output.
+    layers: hidden widths of the NN models; None keeps each model's default
+      ([100] for collab_nn, [100, 50] for embedding_nn).
+  """
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; choose one of "
+                     f"{', '.join(MODELS)}")
+  cls = MODELS[name]
+  if cls in (DotProduct, DotProductBias):
+    return cls(n_users, n_items, n_factors=n_factors, y_range=y_range)
+  kwargs = {} if layers is None else {"layers": tuple(layers)}
+  return cls(n_users, n_items, y_range=y_range, **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+  """Number of trainable parameters (BatchNorm statistics excluded)."""
+  dummy = jnp.zeros((1,), jnp.int32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)
+  return sum(x.size for x in jax.tree.leaves(shapes["params"]))

@@ -1,0 +1,50 @@
+"""A minimal progress bar on stderr (redrawn in place on a terminal)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Bar:
+  """Shows `label [#####.....]  45%  detail` for work measured in units.
+
+  On a terminal the line is redrawn in place; elsewhere (CI logs) a line is
+  written at most every `every_s` seconds and once at the end.
+  """
+
+  def __init__(self, label: str, total: float | None, *, width: int = 30,
+               every_s: float = 5.0, stream=None):
+    self.label, self.total, self.width = label, total, width
+    self.stream = stream or sys.stderr
+    self.tty = getattr(self.stream, "isatty", lambda: False)()
+    self.every_s = 0.1 if self.tty else every_s
+    self.start = self.last = time.perf_counter()
+    self.done = 0.0
+
+  def update(self, done: float, detail: str = "") -> None:
+    self.done = done
+    now = time.perf_counter()
+    if now - self.last >= self.every_s:
+      self.last = now
+      self._draw(detail)
+
+  def close(self, detail: str = "") -> None:
+    self._draw(detail)
+    if self.tty:
+      self.stream.write("\n")
+    self.stream.flush()
+
+  def _draw(self, detail: str) -> None:
+    if self.total:
+      frac = min(1.0, self.done / self.total)
+      fill = int(round(frac * self.width))
+      bar = f"[{'#' * fill}{'.' * (self.width - fill)}] {frac:4.0%}"
+    else:
+      bar = f"{time.perf_counter() - self.start:6.1f}s"
+    text = f"{self.label} {bar} {detail}".rstrip()
+    if self.tty:
+      self.stream.write("\r" + text.ljust(79))
+    else:
+      self.stream.write(text + "\n")
+    self.stream.flush()

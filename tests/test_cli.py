@@ -1,0 +1,120 @@
+"""train.py as a user runs it: a real subprocess, real files, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run(*args, cwd=REPO):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("JAXCF_DATA", None)
+  return subprocess.run([sys.executable, str(REPO / "train.py"), *args],
+                        capture_output=True, text=True, cwd=cwd, env=env,
+                        timeout=300)
+
+
+def test_trains_and_writes_workdir(tiny_ml, tmp_path):
+  workdir = tmp_path / "run"
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=3", "--bs=16",
+             f"--workdir={workdir}", "--seed=1")
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  assert "read " in out and "ratings from" in out
+  assert "model dot_bias: " in out and "compiled" in out
+  assert "epoch  train_loss valid_loss" in out
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text(
+  ).splitlines()]
+  assert [r["epoch"] for r in rows] == [0, 1, 2]
+  for r in rows:
+    assert {"epoch", "train_loss", "valid_loss", "valid_rmse",
+            "seconds"} <= set(r)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["final"] == rows[-1]
+  assert summary["flags"]["bs"] == 16 and summary["flags"]["seed"] == 1
+  assert summary["versions"]["jax"] and summary["device"]["platform"]
+  assert summary["train_samples_per_second"] > 0
+  assert "Traceback" not in proc.stderr
+
+
+def test_flagfile_and_models(tiny_ml, tmp_path):
+  flagfile = tmp_path / "flags.txt"
+  flagfile.write_text(f"--data_dir={tiny_ml}\n--model=embedding_nn\n"
+                      "--layers=16,8\n--epochs=1\n--bs=32\n--split=u1\n")
+  proc = run(f"--flagfile={flagfile}")
+  assert proc.returncode == 0, proc.stderr
+  assert "model embedding_nn" in proc.stdout
+  assert "official split u1" in proc.stdout
+
+
+def test_own_ratings_file_with_titles(tmp_path):
+  ratings = tmp_path / "ratings.csv"
+  lines = ["userId,movieId,rating,timestamp"]
+  lines += [f"{u},{i},{(u * i) % 9 / 2 + 0.5},{u * 100 + i}"
+            for u in range(1, 21) for i in range(1, 16) if (u + i) % 3]
+  ratings.write_text("\n".join(lines) + "\n")
+  movies = tmp_path / "movies.csv"
+  movies.write_text("movieId,title,genres\n" + "".join(
+      f'{i},"Film {i}, The (2001)",Drama\n' for i in range(1, 16)))
+  proc = run(f"--ratings_file={ratings}", f"--items_file={movies}",
+             "--item_columns=movieId,title", "--epochs=1", "--bs=8")
+  assert proc.returncode == 0, proc.stderr
+  assert f"read {len(lines) - 1} ratings" in proc.stdout
+  proc = run(f"--ratings_file={ratings}", "--epochs=1", "--bs=8")
+  assert proc.returncode == 0, proc.stderr
+  assert "items are keyed by id" in proc.stdout
+
+
+def _bad_files(tmp_path):
+  bad = {"nonnumeric.tsv": "1\t2\t4\n1\t3\tgood\n",
+         "short.tsv": "1\t2\t4\n1\t3\n",
+         "empty.tsv": "",
+         "pairs.tsv": "user\tmovie\n999\t1\n"}
+  for name, text in bad.items():
+    (tmp_path / name).write_text(text)
+  return tmp_path
+
+
+ERROR_CASES = [
+    # (flags, what stderr must say)
+    (["--model=svd"], "--model=svd is unknown"),
+    (["--lr=-1"], "--lr=-1.0 must be positive"),
+    (["--lr=fast"], "flag --lr=fast"),
+    (["--bs=0"], "--bs=0 must be positive"),
+    (["--y_range=5,0"], "LOW must be below HIGH"),
+    (["--y_range=1"], "must be LOW,HIGH"),
+    (["--layers=100,abc"], "comma-separated integers"),
+    (["--valid_pct=1.5"], "strictly between 0 and 1"),
+    (["--sampling=bootstrap"], "--sampling=bootstrap"),
+    (["--nonsense=1"], "Unknown command line flag 'nonsense'"),
+    (["positional"], "unexpected arguments"),
+    (["--data_dir={tmp}/nowhere"], "--data_dir"),
+    (["--ratings_file={tmp}/missing.csv"], "ratings file not found"),
+    (["--ratings_file={tmp}/nonnumeric.tsv"],
+     "line 2: rating 'good' is not a number"),
+    (["--ratings_file={tmp}/short.tsv"], "line 2: the rating field is missing"),
+    (["--ratings_file={tmp}/empty.tsv"], "is empty"),
+    (["--split=u7"], "unknown MovieLens split 'u7'"),
+    (["--valid_file={tmp}/pairs.tsv"], "1 of 1 validation pair(s) are not in"),
+    (["--valid_file={tmp}/pairs.tsv", "--split=u1"], "give one"),
+    (["--bs=100000"], "larger than"),
+    (["--item_name=genre"], "--item_name=genre"),
+]
+
+
+@pytest.mark.parametrize("flags, message", ERROR_CASES,
+                         ids=[" ".join(f) for f, _ in ERROR_CASES])
+def test_user_mistakes_exit_2_with_one_line(tiny_ml, tmp_path, flags,
+                                            message):
+  tmp = _bad_files(tmp_path)
+  args = [f.format(tmp=tmp) for f in flags]
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=1", *args)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr)
+  assert "Traceback" not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1, proc.stderr
+  assert message in errors[0]
