@@ -1,4 +1,4 @@
-r"""Trains a collaborative-filtering model; the defaults are the book's.
+r"""Trains collaborative-filtering models; the defaults are the book's.
 
   python train.py                                   # dot_bias on MovieLens 100k
   python train.py --model=embedding_nn --layers=100,50
@@ -6,6 +6,13 @@ r"""Trains a collaborative-filtering model; the defaults are the book's.
   python train.py --split=u1 --item_name=movie --workdir=runs/u1
   python train.py --ratings_file=ratings.csv --items_file=movies.csv \
       --item_columns=movieId,title
+
+Sweeps: --model, --n_factors, --lr, --wd and --seed take comma-separated
+lists, --layers and --y_range semicolon-separated ones. Their cartesian
+product is trained as vmapped replicas, one compiled program per shape:
+
+  python train.py --lr=3e-3,5e-3,1e-2 --wd=0.05,0.1,0.2 --seed=0,1 \
+      --ensemble --workdir=runs/sweep
 
 A mistake in a flag or an input file ends with one line on stderr and exit
 status 2.
@@ -22,23 +29,27 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from jaxcf import datasets, io, models, training
+from jaxcf import datasets, io, models, sweep, training
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
-                    "dot | dot_bias | collab_nn | embedding_nn.")
-flags.DEFINE_integer("n_factors", 50, "Factor width of the dot models.")
+                    "dot | dot_bias | collab_nn | embedding_nn, or a list.")
+flags.DEFINE_string("n_factors", "50", "Factor width of the dot models "
+                    "(list: one group per width).")
 flags.DEFINE_string("y_range", "0,5.5",
-                    "LOW,HIGH of sigmoid_range, or 'none' for a raw output.")
+                    "LOW,HIGH of sigmoid_range, or 'none' for a raw output; "
+                    "a list with ';', e.g. '0,5.5;0.5,5.25'.")
 flags.DEFINE_string("layers", "",
                     "Hidden widths of the NN models, e.g. 100,50 (empty: "
-                    "collab_nn 100, embedding_nn 100,50).")
+                    "collab_nn 100, embedding_nn 100,50); a list with ';'.")
 flags.DEFINE_integer("epochs", 5, "Epochs of the one-cycle run.")
-flags.DEFINE_float("lr", 5e-3, "Peak learning rate (fastai's lr_max).")
-flags.DEFINE_float("wd", 0.1, "Decoupled weight decay (fastai's wd).")
+flags.DEFINE_string("lr", "5e-3", "Peak learning rate (fastai's lr_max), or "
+                    "a list.")
+flags.DEFINE_string("wd", "0.1", "Decoupled weight decay (fastai's wd), or a "
+                    "list.")
 flags.DEFINE_integer("bs", 64, "Training batch size.")
-flags.DEFINE_integer("seed", 42, "Seed of initialisation, data order and the "
-                     "random split.")
+flags.DEFINE_string("seed", "42", "Seed of initialisation and data order, or "
+                    "a list; the first also seeds the random split.")
 flags.DEFINE_float("pct_start", 0.25, "Share of the cycle spent warming up.")
 flags.DEFINE_float("div", 25.0, "The cycle starts at lr / div.")
 flags.DEFINE_float("div_final", 1e5, "The cycle ends at lr / div_final.")
@@ -50,7 +61,7 @@ flags.DEFINE_string("split", "random",
                     "random, or an official MovieLens split: u1..u5, ua, ub.")
 flags.DEFINE_float("valid_pct", 0.2, "Validation share of --split=random.")
 flags.DEFINE_integer("split_seed", None, "Seed of --split=random (default: "
-                     "--seed).")
+                     "the first --seed).")
 flags.DEFINE_string("valid_file", None,
                     "TSV/CSV of validation (user, item id) pairs; overrides "
                     "--split.")
@@ -67,27 +78,46 @@ flags.DEFINE_string("columns", None,
 flags.DEFINE_string("sep", None, "Ratings file separator (default: guessed).")
 flags.DEFINE_string("items_file", None, "Items file with titles.")
 flags.DEFINE_string("item_columns", "0,1", "Items file columns ID,TITLE.")
+flags.DEFINE_bool("ensemble", False,
+                  "Average the replicas' predictions and report the "
+                  "ensemble's validation MSE.")
+flags.DEFINE_integer("ensemble_top", 0,
+                     "With --ensemble: average only the k replicas with the "
+                     "lowest validation loss (0: all).")
+flags.DEFINE_integer("chunk", 0, "At most this many replicas per compiled "
+                     "program (0: as many as fit in half the memory).")
+flags.DEFINE_bool("plot", False, "With --workdir and a sweep: draw "
+                  "sweep.png (needs matplotlib).")
 flags.DEFINE_string("workdir", None,
-                    "Folder for metrics.jsonl and summary.json.")
+                    "Folder for metrics.jsonl and summary.json (sweep.json "
+                    "for sweeps).")
 flags.DEFINE_integer("eval_bs", 8192, "Evaluation batch size.")
 
 FLAGS = flags.FLAGS
 
 
-def _positive(name, value):
-  if value is None or value <= 0:
-    raise UserError(f"--{name}={value} must be positive")
-
-
-def _ints(name: str, text: str) -> list[int]:
+def parse_list(name: str, convert, sep: str = ",") -> list:
+  """The values of a list flag, converted, or a UserError naming the flag."""
+  text = FLAGS[name].value
   try:
-    values = [int(v) for v in text.split(",") if v.strip()]
+    values = [convert(v.strip()) for v in text.split(sep) if v.strip()]
   except ValueError:
-    raise UserError(f"--{name}={text} must be comma-separated integers, e.g. "
-                    "100,50") from None
-  if any(v <= 0 for v in values):
-    raise UserError(f"--{name}={text}: every width must be positive")
+    raise UserError(f"--{name}={text}: cannot read the values (expected "
+                    f"{convert.__name__}s separated by '{sep}')") from None
+  if not values:
+    raise UserError(f"--{name} is empty")
   return values
+
+
+def _widths(text: str) -> tuple[int, ...]:
+  try:
+    widths = tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise UserError(f"--layers={FLAGS.layers} must be comma-separated "
+                    "integers, e.g. 100,50") from None
+  if any(w <= 0 for w in widths):
+    raise UserError(f"--layers={FLAGS.layers}: every width must be positive")
+  return widths
 
 
 def parse_y_range(text: str):
@@ -104,25 +134,64 @@ def parse_y_range(text: str):
   return (low, high)
 
 
-def _check_flags() -> None:
-  """Flag values that parse but make no sense become UserErrors."""
-  if FLAGS.model not in models.MODELS:
-    raise UserError(f"--model={FLAGS.model} is unknown; choose one of "
-                    f"{', '.join(models.MODELS)}")
-  for name in ("n_factors", "epochs", "lr", "bs", "div", "div_final",
-               "eval_bs"):
-    _positive(name, FLAGS[name].value)
-  if FLAGS.wd < 0:
+def replicas_from_flags() -> list[sweep.Replica]:
+  """The cartesian product of the list-valued flags."""
+  names = parse_list("model", str)
+  for name in names:
+    if name not in models.MODELS:
+      raise UserError(f"--model={name} is unknown; choose one of "
+                      f"{', '.join(models.MODELS)}")
+  n_factors = parse_list("n_factors", int)
+  lrs = parse_list("lr", float)
+  wds = parse_list("wd", float)
+  seeds = parse_list("seed", int)
+  for name, values in (("n_factors", n_factors), ("lr", lrs)):
+    if any(v <= 0 for v in values):
+      raise UserError(f"--{name}={FLAGS[name].value} must be positive")
+  if any(w < 0 for w in wds):
     raise UserError(f"--wd={FLAGS.wd} must not be negative")
+  layers = [_widths(t) or None for t in FLAGS.layers.split(";")]
+  y_ranges = [parse_y_range(t) for t in FLAGS.y_range.split(";")]
+  return sweep.grid(model=names, n_factors=n_factors, layers=layers,
+                    y_range=y_ranges, lr=lrs, wd=wds, seed=seeds)
+
+
+def config_from_flags() -> training.TrainConfig:
+  """Settings every replica shares."""
+  for name in ("epochs", "bs", "div", "div_final", "eval_bs"):
+    if FLAGS[name].value <= 0:
+      raise UserError(f"--{name}={FLAGS[name].value} must be positive")
   if not 0 < FLAGS.pct_start < 1:
     raise UserError(f"--pct_start={FLAGS.pct_start} must lie strictly "
                     "between 0 and 1")
   if FLAGS.sampling not in training.SAMPLINGS:
     raise UserError(f"--sampling={FLAGS.sampling} must be one of "
                     f"{', '.join(training.SAMPLINGS)}")
+  return training.TrainConfig(
+      epochs=FLAGS.epochs, batch_size=FLAGS.bs, pct_start=FLAGS.pct_start,
+      div=FLAGS.div, div_final=FLAGS.div_final, sampling=FLAGS.sampling,
+      eval_batch_size=FLAGS.eval_bs)
+
+
+def load_data(split_seed: int):
   if FLAGS.valid_file and FLAGS["split"].present:
     raise UserError("--valid_file and --split both choose the validation "
                     "rows; give one")
+  item_name = FLAGS.item_name
+  if (FLAGS.ratings_file and not FLAGS.items_file
+      and not FLAGS["item_name"].present):
+    item_name = "movie"
+    print("items are keyed by id (no --items_file gives titles)")
+  source = datasets.Source(
+      ratings_file=FLAGS.ratings_file, data_dir=FLAGS.data_dir,
+      columns=io.parse_columns_flag(FLAGS.columns), sep=FLAGS.sep,
+      items_file=FLAGS.items_file,
+      item_columns=io.parse_columns_flag(FLAGS.item_columns) or (0, 1))
+  if FLAGS.split_seed is not None:
+    split_seed = FLAGS.split_seed
+  return datasets.load(source, item_name=item_name, split=FLAGS.split,
+                       valid_pct=FLAGS.valid_pct, seed=split_seed,
+                       valid_file=FLAGS.valid_file)
 
 
 def _write_json(path: str, obj) -> None:
@@ -143,76 +212,144 @@ def _versions() -> dict[str, str]:
   return out
 
 
-def run() -> dict:
-  """Trains as the flags say; returns the summary dict."""
-
-  _check_flags()
-  y_range = parse_y_range(FLAGS.y_range)
-  layers = _ints("layers", FLAGS.layers) or None
-  item_name = FLAGS.item_name
-  if (FLAGS.ratings_file and not FLAGS.items_file
-      and not FLAGS["item_name"].present):
-    item_name = "movie"
-    print("items are keyed by id (no --items_file gives titles)")
-  source = datasets.Source(
-      ratings_file=FLAGS.ratings_file, data_dir=FLAGS.data_dir,
-      columns=io.parse_columns_flag(FLAGS.columns), sep=FLAGS.sep,
-      items_file=FLAGS.items_file,
-      item_columns=io.parse_columns_flag(FLAGS.item_columns) or (0, 1))
-  split_seed = FLAGS.seed if FLAGS.split_seed is None else FLAGS.split_seed
-  data = datasets.load(source, item_name=item_name, split=FLAGS.split,
-                       valid_pct=FLAGS.valid_pct, seed=split_seed,
-                       valid_file=FLAGS.valid_file)
-  model = models.create(FLAGS.model, data.n_users, data.n_items,
-                        n_factors=FLAGS.n_factors, y_range=y_range,
-                        layers=layers)
-  config = training.TrainConfig(
-      epochs=FLAGS.epochs, lr=FLAGS.lr, wd=FLAGS.wd, batch_size=FLAGS.bs,
-      seed=FLAGS.seed, pct_start=FLAGS.pct_start, div=FLAGS.div,
-      div_final=FLAGS.div_final, sampling=FLAGS.sampling,
-      eval_batch_size=FLAGS.eval_bs)
+def _context(data) -> dict:
+  """What every summary records: data sizes, device, versions, flags."""
   device = jax.devices()[0]
-  print(f"model {FLAGS.model}: {models.count_params(model):,} parameters; "
-        f"device {device.platform} ({device.device_kind})")
-
-  metrics_path = None
-  if FLAGS.workdir:
-    try:
-      os.makedirs(FLAGS.workdir, exist_ok=True)
-    except OSError as e:
-      raise UserError(f"--workdir={FLAGS.workdir}: {e.strerror}") from None
-    metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-
-  def on_epoch(row):
-    if metrics_path:
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-  result = training.fit(model, data, config, on_epoch=on_epoch)
-  final = result.history[-1]
-  summary = {
-      "final": final,
-      "best_valid_loss": min(h["valid_loss"] for h in result.history),
-      "n_params": models.count_params(model),
+  return {
       "n_train": len(data.train), "n_valid": len(data.valid),
       "n_users": data.n_users, "n_items": data.n_items,
-      "compile_seconds": result.compile_seconds,
-      "train_seconds": result.train_seconds,
-      "train_samples_per_second": result.samples_per_second,
       "device": {"platform": device.platform, "kind": device.device_kind,
                  "count": jax.device_count()},
       "versions": _versions(),
       "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(
           sys.modules[__name__])},
   }
+
+
+class Metrics:
+  """Appends JSON lines to workdir/metrics.jsonl (nothing without workdir)."""
+
+  def __init__(self, workdir: str | None):
+    self.path = None
+    if workdir:
+      try:
+        os.makedirs(workdir, exist_ok=True)
+      except OSError as e:
+        raise UserError(f"--workdir={workdir}: {e.strerror}") from None
+      self.path = os.path.join(workdir, "metrics.jsonl")
+      open(self.path, "w").close()
+
+  def write(self, row: dict) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_single(replica: sweep.Replica, data, config) -> dict:
+  model = replica.create_model(data)
+  config = training.TrainConfig(**{**config.__dict__, "lr": replica.lr,
+                                   "wd": replica.wd, "seed": replica.seed})
+  device = jax.devices()[0]
+  print(f"model {replica.model}: {models.count_params(model):,} parameters; "
+        f"device {device.platform} ({device.device_kind})")
+  metrics = Metrics(FLAGS.workdir)
+  result = training.fit(model, data, config, on_epoch=metrics.write)
+  final = result.history[-1]
   print(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
         f"{final['valid_rmse']:.4f}); {result.samples_per_second:,.0f} "
         f"training samples/s, compile {result.compile_seconds:.1f}s")
+  summary = {
+      "final": final,
+      "best_valid_loss": min(h["valid_loss"] for h in result.history),
+      "n_params": models.count_params(model),
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "train_samples_per_second": result.samples_per_second,
+      **_context(data),
+  }
   if FLAGS.workdir:
     _write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
-    print(f"wrote {metrics_path} and summary.json")
+    print(f"wrote {metrics.path} and summary.json")
   return summary
+
+
+def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
+  swept = [k for k, v in replicas[0].hparams().items()
+           if len({json.dumps(r.hparams()[k]) for r in replicas}) > 1]
+  print(f"sweep of {len(replicas)} replicas over "
+        f"{', '.join(swept) or 'nothing'}; device {jax.devices()[0].platform}")
+  metrics = Metrics(FLAGS.workdir)
+  result = sweep.train_sweep(
+      replicas, data, config, chunk=FLAGS.chunk or None,
+      ensemble_top=FLAGS.ensemble_top if FLAGS.ensemble else None,
+      on_epoch=lambda r, row: metrics.write(
+          {"replica": r, **replicas[r].hparams(), **row}))
+  ranking = []
+  for rank, i in enumerate(result.ranking(), 1):
+    res = result.results[i]
+    best = min(res.history, key=lambda h: h["valid_loss"])
+    ranking.append({"rank": rank, "replica": i, **res.replica.hparams(),
+                    "valid_loss": res.valid_loss,
+                    "valid_rmse": res.history[-1]["valid_rmse"],
+                    "best_valid_loss": best["valid_loss"],
+                    "best_epoch": best["epoch"]})
+  print(_ranking_table(ranking, swept))
+  if result.ensemble:
+    e = result.ensemble
+    print(f"ensemble of {len(e['members'])} replicas: valid MSE "
+          f"{e['valid_loss']:.4f} (RMSE {e['valid_rmse']:.4f}); best single "
+          f"{ranking[0]['valid_loss']:.4f}")
+  print(f"{result.samples_per_second:,.0f} training samples/s over all "
+        f"replicas, compile {result.compile_seconds:.1f}s")
+  summary = {
+      "n_replicas": len(replicas), "swept": swept, "ranking": ranking,
+      "ensemble": result.ensemble,
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "train_samples_per_second": result.samples_per_second,
+      **_context(data),
+  }
+  if FLAGS.workdir:
+    _write_json(os.path.join(FLAGS.workdir, "sweep.json"), summary)
+    print(f"wrote {metrics.path} and sweep.json")
+    if FLAGS.plot:
+      from jaxcf import plots  # pylint: disable=g-import-not-at-top
+      path = os.path.join(FLAGS.workdir, "sweep.png")
+      plots.sweep_plot(result, swept, path)
+      print(f"wrote {path}")
+  return summary
+
+
+def _ranking_table(ranking: list[dict], swept: list[str], top: int = 10
+                   ) -> str:
+  cols = ["rank", "replica", *swept, "valid_loss", "valid_rmse",
+          "best_epoch"]
+  fmt = lambda v: (f"{v:.6g}" if isinstance(v, float) else
+                   ",".join(map(str, v)) if isinstance(v, list) else str(v))
+  rows = [[fmt(r[c]) for c in cols] for r in ranking[:top]]
+  widths = [max(len(c), *(len(row[k]) for row in rows))
+            for k, c in enumerate(cols)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+  lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths))
+            for row in rows]
+  if len(ranking) > top:
+    lines.append(f"... {len(ranking) - top} more in sweep.json")
+  return "\n".join(lines)
+
+
+def run() -> dict:
+  """Trains as the flags say; returns the summary dict."""
+  replicas = replicas_from_flags()
+  config = config_from_flags()
+  if FLAGS.plot and not FLAGS.workdir:
+    raise UserError("--plot draws into --workdir; give one")
+  if FLAGS.ensemble_top < 0:
+    raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
+                    "or a positive count")
+  data = load_data(split_seed=replicas[0].seed)
+  if len(replicas) == 1 and not FLAGS.ensemble:
+    return run_single(replicas[0], data, config)
+  return run_sweep(replicas, data, config)
 
 
 def main(argv):

@@ -139,8 +139,10 @@ def replay(name, run, perturb=0.0):
   state = training.create_train_state(model, tx, jax.random.key(0))
   params, stats = to_flax(name, run["init"])
   params = jax.tree.map(lambda p: p * (1 + perturb), params)
-  state = state.replace(params=params, batch_stats=stats or
-                        state.batch_stats)
+  if stats:
+    state = state.replace(model_state={**state.model_state,
+                                       "batch_stats": stats})
+  state = state.replace(params=params)
   batches = np.arange(steps * 64, dtype=np.int32).reshape(steps, 64)
   flat = data.Ratings(jnp.asarray(run["x"][..., 0].reshape(-1), jnp.int32),
                       jnp.asarray(run["x"][..., 1].reshape(-1), jnp.int32),

@@ -26,8 +26,18 @@ def sigmoid_range(x: jax.Array, low: float, high: float) -> jax.Array:
   return jax.nn.sigmoid(x) * (high - low) + low
 
 
-def _squash(x: jax.Array, y_range: YRange) -> jax.Array:
-  return x if y_range is None else sigmoid_range(x, *y_range)
+def _squash(module: nn.Module, x: jax.Array) -> jax.Array:
+  """sigmoid_range into module.y_range, unless it is None.
+
+  The range is kept as a variable (collection 'constants', float32 [2]), not
+  baked into the program, so that replicas stacked under `jax.vmap` can each
+  have their own; `y_range` gives its value at initialisation.
+  """
+  if module.y_range is None:
+    return x
+  y_range = module.variable("constants", "y_range", jnp.asarray,
+                            module.y_range, jnp.float32).value
+  return sigmoid_range(x, y_range[0], y_range[1])
 
 
 def embedding_size(n: int) -> int:
@@ -112,7 +122,7 @@ class DotProduct(nn.Module):
   def __call__(self, users, items, train: bool = False):
     u = _embed(self.n_users, self.n_factors, "user_factors")(users)
     i = _embed(self.n_items, self.n_factors, "item_factors")(items)
-    return _squash(jnp.sum(u * i, axis=-1), self.y_range)
+    return _squash(self, jnp.sum(u * i, axis=-1))
 
 
 class DotProductBias(nn.Module):
@@ -131,7 +141,7 @@ class DotProductBias(nn.Module):
     i = _embed(self.n_items, self.n_factors, "item_factors")(items)
     bu = _embed(self.n_users, 1, "user_bias")(users)[..., 0]
     bi = _embed(self.n_items, 1, "item_bias")(items)[..., 0]
-    return _squash(jnp.sum(u * i, axis=-1) + bu + bi, self.y_range)
+    return _squash(self, jnp.sum(u * i, axis=-1) + bu + bi)
 
 
 class CollabNN(nn.Module):
@@ -152,7 +162,7 @@ class CollabNN(nn.Module):
     x = _concat_embeddings(self, users, items)
     for width in self.layers:
       x = nn.relu(Linear(width)(x))
-    return _squash(Linear(1)(x)[..., 0], self.y_range)
+    return _squash(self, Linear(1)(x)[..., 0])
 
 
 class EmbeddingNN(nn.Module):
@@ -173,7 +183,7 @@ class EmbeddingNN(nn.Module):
     x = _concat_embeddings(self, users, items)
     for width in self.layers:
       x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
-    return _squash(Linear(1)(x)[..., 0], self.y_range)
+    return _squash(self, Linear(1)(x)[..., 0])
 
 
 def _concat_embeddings(module, users, items) -> jax.Array:

@@ -21,6 +21,7 @@ class Bar:
     self.every_s = 0.1 if self.tty else every_s
     self.start = self.last = time.perf_counter()
     self.done = 0.0
+    self.drawn = False
 
   def update(self, done: float, detail: str = "") -> None:
     self.done = done
@@ -30,7 +31,10 @@ class Bar:
       self._draw(detail)
 
   def close(self, detail: str = "") -> None:
-    self._draw(detail)
+    """Draws the final state, unless off a terminal with nothing shown yet
+    (work that ended before the first line was due leaves no trace)."""
+    if self.tty or self.drawn:
+      self._draw(detail)
     if self.tty:
       self.stream.write("\n")
     self.stream.flush()
@@ -43,6 +47,7 @@ class Bar:
     else:
       bar = f"{time.perf_counter() - self.start:6.1f}s"
     text = f"{self.label} {bar} {detail}".rstrip()
+    self.drawn = True
     if self.tty:
       self.stream.write("\r" + text.ljust(79))
     else:

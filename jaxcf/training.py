@@ -27,14 +27,16 @@ from jaxcf.progress import Bar
 
 @flax.struct.dataclass
 class TrainState:
-  """Parameters, BatchNorm statistics and optimiser state, plus the two
+  """Parameters, other model variables and optimiser state, plus the two
   functions that use them (static: they are not arrays).
 
-  batch_stats is {} for models without BatchNorm.
+  model_state holds the model's variable collections other than params:
+  'batch_stats' (BatchNorm running statistics, updated by training) and
+  'constants' (the y_range), each absent when the model has none.
   """
   step: jax.Array
   params: Any
-  batch_stats: Any
+  model_state: dict[str, Any]
   opt_state: Any
   apply_fn: Callable = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
@@ -44,16 +46,16 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        key: jax.Array) -> TrainState:
   dummy = jnp.zeros((1,), jnp.int32)
   variables = model.init(key, dummy, dummy)
-  params = variables["params"]
+  params = variables.pop("params")
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), apply_fn=model.apply, tx=tx)
+                    model_state=dict(variables), opt_state=tx.init(params),
+                    apply_fn=model.apply, tx=tx)
 
 
 def predict(state: TrainState, users: jax.Array, items: jax.Array
             ) -> jax.Array:
   """Predicted ratings [batch] in evaluation mode (BatchNorm running stats)."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = {"params": state.params, **state.model_state}
   return state.apply_fn(variables, users, items, train=False)
 
 
@@ -62,18 +64,18 @@ def train_step(state: TrainState, batch: Ratings
   """One optimiser step on the mean squared error of a batch."""
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    variables = {"params": params, **state.model_state}
     preds, updates = state.apply_fn(variables, batch.users, batch.items,
                                     train=True, mutable=["batch_stats"])
     loss = jnp.mean((preds - batch.ratings)**2)
-    return loss, updates.get("batch_stats", state.batch_stats)
+    return loss, {**state.model_state, **updates}
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
+                            model_state=model_state, opt_state=opt_state)
   return new_state, {"loss": loss}
 
 
@@ -99,28 +101,39 @@ def train_epoch(state: TrainState, data: Ratings, batches: jax.Array
   return jax.lax.scan(body, state, batches)
 
 
+def predict_all(state: TrainState, users: jax.Array, items: jax.Array,
+                batch_size: int = 8192) -> jax.Array:
+  """Predictions [n] for any number of pairs, `batch_size` at a time."""
+  n = users.shape[0]
+  batch_size = max(1, min(batch_size, n))
+  chunks = -(-n // batch_size)
+  pad = chunks * batch_size - n
+  users, items = (jnp.pad(x, (0, pad)).reshape(chunks, batch_size)
+                  for x in (users, items))
+  preds = jax.lax.map(lambda ui: predict(state, *ui), (users, items))
+  return preds.reshape(-1)[:n]
+
+
 def evaluate(state: TrainState, data: Ratings, batch_size: int = 8192
              ) -> dict[str, jax.Array]:
   """Exact mean squared/absolute error over every row of `data`.
 
-  Rows are processed in chunks of `batch_size` (padded, the padding masked).
   Returns float32 scalars: mse, rmse, mae.
   """
-  n = len(data)
-  batch_size = max(1, min(batch_size, n))
-  chunks = -(-n // batch_size)
-  pad = chunks * batch_size - n
-  padded = [jnp.pad(x, (0, pad)) for x in data]
-  padded.append(jnp.arange(chunks * batch_size) < n)
-  stacked = [x.reshape(chunks, batch_size) for x in padded]
+  return error_metrics(predict_all(state, data.users, data.items, batch_size),
+                       data.ratings)
 
-  def body(totals, chunk):
-    users, items, ratings, valid = chunk
-    err = jnp.where(valid, predict(state, users, items) - ratings, 0.0)
-    return totals + jnp.stack([jnp.sum(err**2), jnp.sum(jnp.abs(err))]), None
 
-  totals, _ = jax.lax.scan(body, jnp.zeros(2, jnp.float32), stacked)
-  mse, mae = totals[0] / n, totals[1] / n
+def error_metrics(preds: jax.Array, ratings: jax.Array
+                  ) -> dict[str, jax.Array]:
+  """mse, rmse and mae of predictions [n] against ratings [n]."""
+  err = preds - ratings
+  n = err.shape[0]
+  # Sums of 1024-row blocks, then of the blocks: float32 stays exact enough
+  # for millions of rows.
+  blocks = jnp.pad(err, (0, -n % 1024)).reshape(-1, 1024)
+  mse = jnp.sum(jnp.sum(blocks**2, axis=1)) / n
+  mae = jnp.sum(jnp.sum(jnp.abs(blocks), axis=1)) / n
   return {"mse": mse, "rmse": jnp.sqrt(mse), "mae": mae}
 
 
@@ -171,7 +184,7 @@ class FitResult:
   """What `fit` returns.
 
   history: one dict per epoch (epoch, train_loss, train_loss_smooth,
-  valid_loss, valid_rmse, valid_mae, lr, seconds).
+  valid_loss, valid_rmse, valid_mae, lr_end (the last step's lr), seconds).
   """
   state: TrainState
   history: list[dict[str, float]]
@@ -269,7 +282,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     row = {"epoch": epoch, "train_loss": float(losses.mean()),
            "train_loss_smooth": smooth, "valid_loss": metrics["mse"],
            "valid_rmse": metrics["rmse"], "valid_mae": metrics["mae"],
-           "lr": float(state.opt_state.lr), "seconds": seconds}
+           "lr_end": float(state.opt_state.lr), "seconds": seconds}
     history.append(row)
     say(f"{epoch:<6}{row['train_loss']:>11.6f}{row['valid_loss']:>11.6f}"
         f"{row['valid_rmse']:>11.6f}{seconds:>8.2f}s")

@@ -35,7 +35,7 @@ def test_trains_and_writes_workdir(tiny_ml, tmp_path):
             "seconds"} <= set(r)
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["final"] == rows[-1]
-  assert summary["flags"]["bs"] == 16 and summary["flags"]["seed"] == 1
+  assert summary["flags"]["bs"] == 16 and summary["flags"]["seed"] == "1"
   assert summary["versions"]["jax"] and summary["device"]["platform"]
   assert summary["train_samples_per_second"] > 0
   assert "Traceback" not in proc.stderr
@@ -82,12 +82,22 @@ def _bad_files(tmp_path):
 ERROR_CASES = [
     # (flags, what stderr must say)
     (["--model=svd"], "--model=svd is unknown"),
-    (["--lr=-1"], "--lr=-1.0 must be positive"),
-    (["--lr=fast"], "flag --lr=fast"),
+    (["--lr=-1"], "--lr=-1 must be positive"),
+    (["--lr=fast"], "--lr=fast: cannot read"),
+    (["--epochs=many"], "flag --epochs=many"),
+    (["--wd=0.1,-1"], "--wd=0.1,-1 must not be negative"),
+    (["--seed=1,x"], "--seed=1,x: cannot read"),
+    (["--n_factors=0"], "--n_factors=0 must be positive"),
+    (["--model=dot,svd"], "--model=svd is unknown"),
+    (["--chunk=-1", "--seed=1,2"], "--chunk=-1 must be at least 1"),
+    (["--plot", "--seed=1,2"], "--plot draws into --workdir"),
+    (["--ensemble", "--ensemble_top=-2"], "--ensemble_top=-2"),
     (["--bs=0"], "--bs=0 must be positive"),
     (["--y_range=5,0"], "LOW must be below HIGH"),
     (["--y_range=1"], "must be LOW,HIGH"),
     (["--layers=100,abc"], "comma-separated integers"),
+    (["--layers=100;0"], "every width must be positive"),
+    (["--y_range=0,5.5;4,2"], "--y_range=4,2: LOW must be below HIGH"),
     (["--valid_pct=1.5"], "strictly between 0 and 1"),
     (["--sampling=bootstrap"], "--sampling=bootstrap"),
     (["--nonsense=1"], "Unknown command line flag 'nonsense'"),
@@ -118,3 +128,38 @@ def test_user_mistakes_exit_2_with_one_line(tiny_ml, tmp_path, flags,
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1, proc.stderr
   assert message in errors[0]
+
+
+def test_sweep_writes_replica_metrics_and_ranking(tiny_ml, tmp_path):
+  workdir = tmp_path / "sweep"
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
+             "--lr=1e-2,3e-2", "--wd=0.01,0.1", "--seed=3,4", "--ensemble",
+             "--ensemble_top=3", "--chunk=3", f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr
+  assert "sweep of 8 replicas over lr, wd, seed" in proc.stdout
+  assert "chunk 3 of 3" in proc.stdout
+  assert "ensemble of 3 replicas" in proc.stdout
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text(
+  ).splitlines()]
+  assert len(rows) == 8 * 2
+  assert {(r["lr"], r["wd"], r["seed"]) for r in rows} == {
+      (lr, wd, s) for lr in (1e-2, 3e-2) for wd in (0.01, 0.1) for s in (3, 4)}
+  summary = json.loads((workdir / "sweep.json").read_text())
+  losses = [r["valid_loss"] for r in summary["ranking"]]
+  assert losses == sorted(losses) and len(losses) == 8
+  assert summary["ensemble"]["members"] == sorted(
+      r["replica"] for r in summary["ranking"][:3])
+  assert summary["swept"] == ["lr", "wd", "seed"]
+
+
+def test_sweep_over_shapes_and_plot(tiny_ml, tmp_path):
+  pytest.importorskip("matplotlib")
+  workdir = tmp_path / "shapes"
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=1", "--bs=16",
+             "--model=dot_bias,embedding_nn", "--n_factors=4,8",
+             "--layers=8;16,8", "--y_range=0,5.5;0.5,5.25",
+             f"--workdir={workdir}", "--plot")
+  assert proc.returncode == 0, proc.stderr
+  # dot_bias: 2 widths; embedding_nn: 2 layer sets; each x 2 y_ranges.
+  assert proc.stdout.count("compiled ") == 4
+  assert (workdir / "sweep.png").stat().st_size > 10_000

@@ -16,7 +16,12 @@ def test_bar_writes_lines_off_a_terminal():
   bar.close("0.2 MB")
   lines = out.getvalue().splitlines()
   assert lines[0].startswith("download [") and "25%" in lines[0]
-  assert "0.2 MB" in lines[-1]
+  assert "0.2 MB" in lines[-1] and "100%" not in lines[0]
+  quiet = io.StringIO()
+  bar = progress.Bar("fast", 10, every_s=5.0, stream=quiet)
+  bar.update(10)
+  bar.close()
+  assert quiet.getvalue() == ""  # finished before the first line was due
 
 
 class _Pending:
@@ -33,8 +38,10 @@ def test_wait_draws_a_bar_only_for_slow_work(capsys):
   training._wait(_Pending(0.1), "epoch 0", expected_s=None)
   assert capsys.readouterr().err == ""
   training._wait(_Pending(1.3), "epoch 1", expected_s=2.0)
+  assert capsys.readouterr().err == ""  # off a terminal: lines every 5s
+  training._wait(_Pending(6.5), "epoch 2", expected_s=8.0)
   err = capsys.readouterr().err
-  assert "epoch 1 [" in err and "%" in err
+  assert "epoch 2 [" in err and "%" in err
 
 
 def test_a_dispatched_epoch_is_asynchronous():

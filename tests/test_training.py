@@ -54,8 +54,8 @@ def test_scanned_epoch_equals_a_python_loop_of_steps(name):
   np.testing.assert_allclose(scan_losses, losses, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-7),
-               (scanned.params, scanned.batch_stats),
-               (looped.params, looped.batch_stats))
+               (scanned.params, scanned.model_state),
+               (looped.params, looped.model_state))
   assert int(scanned.step) == len(batches)
 
 
@@ -74,10 +74,10 @@ def test_train_step_is_pure_and_learns():
 
 def test_embedding_nn_updates_batch_stats_in_training_only():
   state = _state("embedding_nn")
-  before = state.batch_stats
+  before = state.model_state["batch_stats"]
   state, _ = jax.jit(training.train_step)(state, _ratings(16))
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before,
-                       state.batch_stats)
+                       state.model_state["batch_stats"])
   assert all(jax.tree.leaves(moved))
   p1 = training.predict(state, jnp.array([1, 2]), jnp.array([3, 4]))
   p2 = training.predict(state, jnp.array([1]), jnp.array([3]))
@@ -130,7 +130,7 @@ def test_fit_end_to_end_beats_the_mean(tiny_data):
   assert result.history[-1]["valid_rmse"] == pytest.approx(
       result.history[-1]["valid_loss"]**0.5, rel=1e-5)
   assert result.samples_per_second > 0 and result.compile_seconds > 0
-  assert result.history[-1]["lr"] < 1e-5  # the cycle ran to its end
+  assert result.history[-1]["lr_end"] < 1e-5  # the cycle ran to its end
 
 
 def test_fit_same_seed_same_numbers(tiny_data):
