@@ -20,16 +20,14 @@ status 2.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 
 from absl import app, flags, logging
 import jax
 
-from jaxcf import datasets, io, models, sweep, training
+from jaxcf import datasets, io, models, runinfo, sweep, training
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -202,25 +200,12 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def _versions() -> dict[str, str]:
-  out = {"python": platform.python_version()}
-  for pkg in ("jaxcf", "jax", "jaxlib", "flax", "optax", "numpy", "pandas"):
-    try:
-      out[pkg] = importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-      out[pkg] = "not installed"
-  return out
-
-
 def _context(data) -> dict:
   """What every summary records: data sizes, device, versions, flags."""
-  device = jax.devices()[0]
   return {
       "n_train": len(data.train), "n_valid": len(data.valid),
       "n_users": data.n_users, "n_items": data.n_items,
-      "device": {"platform": device.platform, "kind": device.device_kind,
-                 "count": jax.device_count()},
-      "versions": _versions(),
+      "device": runinfo.device(), "versions": runinfo.versions(),
       "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(
           sys.modules[__name__])},
   }

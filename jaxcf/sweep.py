@@ -204,7 +204,7 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
     if epoch + 1 < config.epochs:
       batches = _epoch_batches(keys, epoch + 1, n, config)
     if log:
-      training._wait(losses, f"epoch {epoch}", last)  # pylint: disable=protected-access
+      training.wait_with_progress(losses, f"epoch {epoch}", last)
     losses = np.asarray(losses)
     last = time.perf_counter() - start
     train_seconds += last

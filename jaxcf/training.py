@@ -206,7 +206,8 @@ def smooth_losses(losses: np.ndarray, start: float, count: int,
   return avg, count, avg / (1 - beta**count)
 
 
-def _wait(x: jax.Array, label: str, expected_s: float | None) -> None:
+def wait_with_progress(x: jax.Array, label: str,
+                       expected_s: float | None) -> None:
   """Blocks until x is computed, drawing a progress bar if it takes a while.
 
   The compiled epoch runs asynchronously; progress is its elapsed time
@@ -270,7 +271,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
       batches = epoch_batches(order_key, epoch + 1, n, config.batch_size,
                               config.sampling)
     if log:
-      _wait(losses, f"epoch {epoch}", last)
+      wait_with_progress(losses, f"epoch {epoch}", last)
     losses = np.asarray(losses)
     train_time = time.perf_counter() - start
     metrics = {k: float(v) for k, v in

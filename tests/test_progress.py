@@ -35,22 +35,22 @@ class _Pending:
 
 
 def test_wait_draws_a_bar_only_for_slow_work(capsys):
-  training._wait(_Pending(0.1), "epoch 0", expected_s=None)
+  training.wait_with_progress(_Pending(0.1), "epoch 0", expected_s=None)
   assert capsys.readouterr().err == ""
-  training._wait(_Pending(1.3), "epoch 1", expected_s=2.0)
+  training.wait_with_progress(_Pending(1.3), "epoch 1", expected_s=2.0)
   assert capsys.readouterr().err == ""  # off a terminal: lines every 5s
-  training._wait(_Pending(6.5), "epoch 2", expected_s=8.0)
+  training.wait_with_progress(_Pending(6.5), "epoch 2", expected_s=8.0)
   err = capsys.readouterr().err
   assert "epoch 2 [" in err and "%" in err
 
 
 def test_a_dispatched_epoch_is_asynchronous():
-  """What `_wait` relies on: jitted calls return before their result."""
+  """What `wait_with_progress` relies on: jitted calls return before their result."""
   x = jnp.ones((1000, 1000))
   slow = jax.jit(lambda x: jax.lax.fori_loop(0, 50, lambda i, y: y @ x / 1e3,
                                              x))
   slow(x).block_until_ready()
   y = slow(x)
   assert not y.is_ready()
-  training._wait(y, "work", expected_s=None)
+  training.wait_with_progress(y, "work", expected_s=None)
   assert y.is_ready()
