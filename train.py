@@ -27,7 +27,8 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from jaxcf import datasets, io, models, runinfo, sweep, training
+from jaxcf import (datasets, io, models, plots, ranking, runinfo, sweep,
+                   tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -84,8 +85,11 @@ flags.DEFINE_integer("ensemble_top", 0,
                      "lowest validation loss (0: all).")
 flags.DEFINE_integer("chunk", 0, "At most this many replicas per compiled "
                      "program (0: as many as fit in half the memory).")
-flags.DEFINE_bool("plot", False, "With --workdir and a sweep: draw "
-                  "sweep.png (needs matplotlib).")
+flags.DEFINE_bool("plot", False, "With --workdir: draw loss.png, or "
+                  "sweep.png for a sweep (needs matplotlib).")
+flags.DEFINE_bool("tensorboard", False, "With --workdir (one run): write "
+                  "TensorBoard events to WORKDIR/tensorboard (needs "
+                  "tensorboardX).")
 flags.DEFINE_string("workdir", None,
                     "Folder for metrics.jsonl and summary.json (sweep.json "
                     "for sweeps).")
@@ -238,13 +242,27 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
   print(f"model {replica.model}: {models.count_params(model):,} parameters; "
         f"device {device.platform} ({device.device_kind})")
   metrics = Metrics(FLAGS.workdir)
-  result = training.fit(model, data, config, on_epoch=metrics.write)
+  board = None
+  if FLAGS.tensorboard:
+    steps = len(data.train) // config.batch_size * config.epochs
+    board = tblog.Writer(os.path.join(FLAGS.workdir, "tensorboard"), steps,
+                         config.lr, config.pct_start, config.div,
+                         config.div_final, config.moms)
+
+  def on_epoch(row):
+    metrics.write(row)
+    if board:
+      board.epoch(row)
+
+  result = training.fit(model, data, config, on_epoch=on_epoch,
+                        on_losses=board.losses if board else None)
   final = result.history[-1]
   print(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
         f"{final['valid_rmse']:.4f}); {result.samples_per_second:,.0f} "
         f"training samples/s, compile {result.compile_seconds:.1f}s")
+  top = _ranking(result.state, data)
   summary = {
-      "final": final,
+      "final": final, "ranking": top,
       "best_valid_loss": min(h["valid_loss"] for h in result.history),
       "n_params": models.count_params(model),
       "compile_seconds": result.compile_seconds,
@@ -254,8 +272,41 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
   }
   if FLAGS.workdir:
     _write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
-    print(f"wrote {metrics.path} and summary.json")
+    saved = _save_model(replica, result.state.params,
+                        result.state.model_state, data, summary)
+    print(f"wrote {metrics.path}, summary.json and model/")
+    if board:
+      if "item_factors" in saved.state.params:
+        labels = (saved.titles if saved.titles is not None
+                  else saved.items.decode(range(len(saved.items))))
+        board.embedding(saved.state.params["item_factors"]["embedding"],
+                        labels, "item_factors")
+      board.close()
+      print(f"wrote TensorBoard events: tensorboard --logdir="
+            f"{os.path.join(FLAGS.workdir, 'tensorboard')}")
+    if FLAGS.plot:
+      path = os.path.join(FLAGS.workdir, "loss.png")
+      plots.loss_plot(result.history, path)
+      print(f"wrote {path}")
   return summary
+
+
+def _ranking(state, data) -> dict:
+  """Top-10 ranking quality on the validation split, printed."""
+  top = ranking.evaluate_ranking(state, data.train, data.valid, data.n_items)
+  print(f"ranking over unseen items (rated >= 4 is relevant, "
+        f"{top['ranked_users']:.0f} users): precision@10 "
+        f"{top['precision@10']:.4f}, recall@10 {top['recall@10']:.4f}, "
+        f"NDCG@10 {top['ndcg@10']:.4f}")
+  return top
+
+
+def _save_model(replica, params, model_state, data, summary):
+  """The trained model, for jaxcf.load(workdir) and python -m jaxcf.inspect."""
+  model = trained.TrainedModel.from_training(
+      replica, params, model_state, data, info={"summary": summary})
+  model.save(os.path.join(FLAGS.workdir, "model"))
+  return model
 
 
 def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
@@ -269,25 +320,25 @@ def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
       ensemble_top=FLAGS.ensemble_top if FLAGS.ensemble else None,
       on_epoch=lambda r, row: metrics.write(
           {"replica": r, **replicas[r].hparams(), **row}))
-  ranking = []
+  ranked = []
   for rank, i in enumerate(result.ranking(), 1):
     res = result.results[i]
     best = min(res.history, key=lambda h: h["valid_loss"])
-    ranking.append({"rank": rank, "replica": i, **res.replica.hparams(),
+    ranked.append({"rank": rank, "replica": i, **res.replica.hparams(),
                     "valid_loss": res.valid_loss,
                     "valid_rmse": res.history[-1]["valid_rmse"],
                     "best_valid_loss": best["valid_loss"],
                     "best_epoch": best["epoch"]})
-  print(_ranking_table(ranking, swept))
+  print(_ranking_table(ranked, swept))
   if result.ensemble:
     e = result.ensemble
     print(f"ensemble of {len(e['members'])} replicas: valid MSE "
           f"{e['valid_loss']:.4f} (RMSE {e['valid_rmse']:.4f}); best single "
-          f"{ranking[0]['valid_loss']:.4f}")
+          f"{ranked[0]['valid_loss']:.4f}")
   print(f"{result.samples_per_second:,.0f} training samples/s over all "
         f"replicas, compile {result.compile_seconds:.1f}s")
   summary = {
-      "n_replicas": len(replicas), "swept": swept, "ranking": ranking,
+      "n_replicas": len(replicas), "swept": swept, "ranking": ranked,
       "ensemble": result.ensemble,
       "compile_seconds": result.compile_seconds,
       "train_seconds": result.train_seconds,
@@ -296,29 +347,31 @@ def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
   }
   if FLAGS.workdir:
     _write_json(os.path.join(FLAGS.workdir, "sweep.json"), summary)
-    print(f"wrote {metrics.path} and sweep.json")
+    best = result.results[result.ranking()[0]]
+    _save_model(best.replica, best.params, best.model_state, data,
+                {"best_replica": ranked[0]})
+    print(f"wrote {metrics.path}, sweep.json and model/ (the best replica)")
     if FLAGS.plot:
-      from jaxcf import plots  # pylint: disable=g-import-not-at-top
       path = os.path.join(FLAGS.workdir, "sweep.png")
       plots.sweep_plot(result, swept, path)
       print(f"wrote {path}")
   return summary
 
 
-def _ranking_table(ranking: list[dict], swept: list[str], top: int = 10
+def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
                    ) -> str:
   cols = ["rank", "replica", *swept, "valid_loss", "valid_rmse",
           "best_epoch"]
   fmt = lambda v: (f"{v:.6g}" if isinstance(v, float) else
                    ",".join(map(str, v)) if isinstance(v, list) else str(v))
-  rows = [[fmt(r[c]) for c in cols] for r in ranking[:top]]
+  rows = [[fmt(r[c]) for c in cols] for r in ranked[:top]]
   widths = [max(len(c), *(len(row[k]) for row in rows))
             for k, c in enumerate(cols)]
   lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
   lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths))
             for row in rows]
-  if len(ranking) > top:
-    lines.append(f"... {len(ranking) - top} more in sweep.json")
+  if len(ranked) > top:
+    lines.append(f"... {len(ranked) - top} more in sweep.json")
   return "\n".join(lines)
 
 
@@ -326,14 +379,17 @@ def run() -> dict:
   """Trains as the flags say; returns the summary dict."""
   replicas = replicas_from_flags()
   config = config_from_flags()
-  if FLAGS.plot and not FLAGS.workdir:
-    raise UserError("--plot draws into --workdir; give one")
+  for name in ("plot", "tensorboard"):
+    if FLAGS[name].value and not FLAGS.workdir:
+      raise UserError(f"--{name} writes into --workdir; give one")
   if FLAGS.ensemble_top < 0:
     raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
                     "or a positive count")
   data = load_data(split_seed=replicas[0].seed)
   if len(replicas) == 1 and not FLAGS.ensemble:
     return run_single(replicas[0], data, config)
+  if FLAGS.tensorboard:
+    raise UserError("--tensorboard records one run; drop it for sweeps")
   return run_sweep(replicas, data, config)
 
 

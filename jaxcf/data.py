@@ -34,6 +34,14 @@ class Vocab:
     self.classes.sort()
     self._index = pd.Index(self.classes)
 
+  @classmethod
+  def from_classes(cls, classes) -> "Vocab":
+    """A vocabulary of already sorted, distinct ids (as saved)."""
+    vocab = cls.__new__(cls)
+    vocab.classes = np.asarray(classes)
+    vocab._index = pd.Index(vocab.classes)
+    return vocab
+
   def __len__(self) -> int:
     """Number of rows an embedding table needs: the ids plus `#na#`."""
     return len(self.classes) + 1

@@ -67,3 +67,42 @@ def _ensemble_line(ax, result) -> None:
     ax.axhline(result.ensemble["valid_loss"], ls="--", color="C3",
                label="ensemble")
     ax.legend(fontsize=8)
+
+
+def loss_plot(history: list[dict], path: str) -> None:
+  """Train and validation loss per epoch of one run."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  epochs = [h["epoch"] for h in history]
+  ax.plot(epochs, [h["train_loss"] for h in history], "-o", label="train")
+  ax.plot(epochs, [h["valid_loss"] for h in history], "-o", label="valid")
+  best = min(history, key=lambda h: h["valid_loss"])
+  ax.annotate(f"{best['valid_loss']:.4f}", (best["epoch"], best["valid_loss"]),
+              textcoords="offset points", xytext=(0, -14), ha="center",
+              fontsize=8)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("MSE")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def pca_plot(frame, path: str, n_labels: int = 50) -> None:
+  """The book's picture: items on their first two principal components,
+  the `n_labels` most-rated labelled (frame from TrainedModel.pca)."""
+  plt = _pyplot()
+  label = frame["title"] if "title" in frame else frame["item"]
+  fig, ax = plt.subplots(figsize=(11, 9))
+  ax.scatter(frame["pc1"], frame["pc2"], s=6, alpha=0.25, color="C0")
+  top = frame.head(n_labels)
+  ax.scatter(top["pc1"], top["pc2"], s=14, color="C3")
+  for x, y, text in zip(top["pc1"], top["pc2"], label.head(n_labels)):
+    ax.annotate(str(text), (x, y), fontsize=7, alpha=0.85,
+                textcoords="offset points", xytext=(3, 2))
+  ax.set_xlabel("first principal component of the item factors")
+  ax.set_ylabel("second principal component")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -228,6 +228,7 @@ def wait_with_progress(x: jax.Array, label: str,
 
 def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
+        on_losses: Callable[[np.ndarray], None] | None = None,
         log: Callable[[str], None] | None = print) -> FitResult:
   """Trains `model` on `data.train` and evaluates on `data.valid` each epoch.
 
@@ -236,6 +237,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     data: from `jaxcf.data.prepare`.
     config: epochs, lr, wd, batch size, seed, schedule.
     on_epoch: called with each epoch's metrics dict.
+    on_losses: called with each epoch's per-step training losses [steps].
     log: where progress lines go (None: silent).
   """
   n = len(data.train)
@@ -273,6 +275,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     if log:
       wait_with_progress(losses, f"epoch {epoch}", last)
     losses = np.asarray(losses)
+    if on_losses:
+      on_losses(losses)
     train_time = time.perf_counter() - start
     metrics = {k: float(v) for k, v in
                run_eval(state, data.valid).items()}

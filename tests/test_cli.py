@@ -90,7 +90,9 @@ ERROR_CASES = [
     (["--n_factors=0"], "--n_factors=0 must be positive"),
     (["--model=dot,svd"], "--model=svd is unknown"),
     (["--chunk=-1", "--seed=1,2"], "--chunk=-1 must be at least 1"),
-    (["--plot", "--seed=1,2"], "--plot draws into --workdir"),
+    (["--plot", "--seed=1,2"], "--plot writes into --workdir"),
+    (["--tensorboard"], "--tensorboard writes into --workdir"),
+    (["--tensorboard", "--seed=1,2", "--workdir={tmp}/w"], "drop it for sweeps"),
     (["--ensemble", "--ensemble_top=-2"], "--ensemble_top=-2"),
     (["--bs=0"], "--bs=0 must be positive"),
     (["--y_range=5,0"], "LOW must be below HIGH"),
@@ -163,3 +165,37 @@ def test_sweep_over_shapes_and_plot(tiny_ml, tmp_path):
   # dot_bias: 2 widths; embedding_nn: 2 layer sets; each x 2 y_ranges.
   assert proc.stdout.count("compiled ") == 4
   assert (workdir / "sweep.png").stat().st_size > 10_000
+
+
+def _event_tags(folder):
+  """Counts of scalar tags in a TensorBoard event file (tensorboardX's
+  protobufs; the records are length, crc, event, crc)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  (path,) = list(folder.glob("events.out.tfevents.*"))
+  data, tags, i = path.read_bytes(), {}, 0
+  while i < len(data):
+    n = struct.unpack("Q", data[i:i + 8])[0]
+    event = event_pb2.Event()
+    event.ParseFromString(data[i + 12:i + 12 + n])
+    for value in event.summary.value:
+      tags[value.tag] = tags.get(value.tag, 0) + 1
+    i += 12 + n + 4
+  return tags
+
+
+def test_tensorboard_events_and_loss_plot(tiny_ml, tmp_path):
+  pytest.importorskip("tensorboardX")
+  pytest.importorskip("matplotlib")
+  workdir = tmp_path / "tb"
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=8",
+             f"--workdir={workdir}", "--tensorboard", "--plot")
+  assert proc.returncode == 0, proc.stderr
+  tags = _event_tags(workdir / "tensorboard")
+  steps = int(json.loads((workdir / "summary.json").read_text())[
+      "n_train"]) // 8 * 2
+  chunks = 2 * -(-(steps // 2) // 50)
+  assert tags["train/loss"] == tags["train/lr"] == tags["train/beta1"] == chunks
+  assert tags["valid/mse"] == 2
+  assert (workdir / "tensorboard" / "projector_config.pbtxt").exists()
+  assert (workdir / "loss.png").stat().st_size > 5_000

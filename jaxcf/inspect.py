@@ -1,0 +1,111 @@
+r"""Looks inside a trained model: biases, recommendations, neighbours.
+
+  python -m jaxcf.inspect --workdir=runs/book                  # biases
+  python -m jaxcf.inspect --workdir=runs/book --user=196       # + top 10
+  python -m jaxcf.inspect --workdir=runs/book --item="Star Wars (1977)"
+  python -m jaxcf.inspect --workdir=runs/book \
+      --rate="Star Wars (1977)=5;Titanic (1997)=2"             # a new user
+  python -m jaxcf.inspect --workdir=runs/book --pca_png=pca.png
+
+The workdir is one that `train.py --workdir` wrote. A mistake (no model
+there, an unknown user or title) ends with one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+import pandas as pd
+
+from jaxcf import plots, trained
+from jaxcf.errors import UserError
+
+flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
+flags.DEFINE_string("user", None, "Recommend for this user id.")
+flags.DEFINE_string("item", None, "Show this item's neighbours (title or "
+                    "id).")
+flags.DEFINE_string("rate", None, "Fold in a new user from 'ITEM=RATING;...' "
+                    "and recommend for them.")
+flags.DEFINE_integer("k", 10, "How many rows each list shows.")
+flags.DEFINE_integer("min_ratings", 10, "Neighbours and biases only among "
+                     "items rated this often.")
+flags.DEFINE_string("pca_png", None, "Draw the book's PCA picture here.")
+FLAGS = flags.FLAGS
+
+
+def _show(title: str, frame: pd.DataFrame) -> None:
+  print(f"\n{title}")
+  with pd.option_context("display.max_colwidth", 60, "display.width", 120):
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def parse_ratings(text: str) -> list[tuple[str, float]]:
+  """'Star Wars (1977)=5;Titanic (1997)=2' -> [(title, 5.0), ...]."""
+  out = []
+  for part in filter(None, (p.strip() for p in text.split(";"))):
+    item, sep, value = part.rpartition("=")
+    try:
+      if not sep:
+        raise ValueError
+      out.append((item.strip(), float(value)))
+    except ValueError:
+      raise UserError(f"--rate: {part!r} is not ITEM=RATING") from None
+  return out
+
+
+def run() -> None:
+  if not FLAGS.workdir:
+    raise UserError("--workdir is required: a folder train.py --workdir "
+                    "wrote")
+  model = trained.load(FLAGS.workdir)
+  k = FLAGS.k
+  info = model.info.get("summary", {}).get("final", {})
+  print(f"{model.spec['model']} on {len(model.users) - 1:,} users and "
+        f"{len(model.items) - 1:,} items"
+        + (f"; valid MSE {info['valid_loss']:.4f}" if info else ""))
+  if "item_bias" in model.state.params:
+    biases = model.biases()
+    biases = biases[biases["n_ratings"] >= FLAGS.min_ratings]
+    _show(f"lowest item biases (rated >= {FLAGS.min_ratings} times)",
+          biases.head(k))
+    _show("highest item biases", biases.tail(k).iloc[::-1])
+  if FLAGS.user:
+    _show(f"top {k} for user {FLAGS.user}", model.recommend(FLAGS.user, k))
+  if FLAGS.item:
+    _show(f"items most like {FLAGS.item}",
+          model.similar_items(FLAGS.item, k, FLAGS.min_ratings))
+  if FLAGS.rate:
+    pairs = parse_ratings(FLAGS.rate)
+    _show(f"top {k} for a new user who rated {len(pairs)} item(s)",
+          model.recommend(model.fold_in(pairs), k))
+  if FLAGS.pca_png:
+    plots.pca_plot(model.pca(n=2), FLAGS.pca_png)
+    print(f"\nwrote {FLAGS.pca_png}")
+
+
+def main(argv):
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])}")
+  try:
+    run()
+  except UserError as e:
+    _fail(str(e))
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{e}. See --helpfull.")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
