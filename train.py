@@ -27,12 +27,13 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from jaxcf import (datasets, io, models, plots, ranking, runinfo, sweep,
-                   tblog, trained, training)
+from jaxcf import (datasets, features, io, models, plots, ranking, runinfo,
+                   sweep, tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
-                    "dot | dot_bias | collab_nn | embedding_nn, or a list.")
+                    "dot | dot_bias | collab_nn | embedding_nn | side_nn, or a "
+                    "list.")
 flags.DEFINE_string("n_factors", "50", "Factor width of the dot models "
                     "(list: one group per width).")
 flags.DEFINE_string("y_range", "0,5.5",
@@ -41,6 +42,13 @@ flags.DEFINE_string("y_range", "0,5.5",
 flags.DEFINE_string("layers", "",
                     "Hidden widths of the NN models, e.g. 100,50 (empty: "
                     "collab_nn 100, embedding_nn 100,50); a list with ';'.")
+flags.DEFINE_string("side", "user,item,time",
+                    "side_nn's side information (MovieLens 100k): any of "
+                    "user (age, gender, occupation), item (genres, year), "
+                    "time (of the rating).")
+flags.DEFINE_string("id_dropout", "0", "side_nn: the share of user ids hidden "
+                    "in training, so the '#na#' row learns new users (a "
+                    "list sweeps).")
 flags.DEFINE_integer("epochs", 5, "Epochs of the one-cycle run.")
 flags.DEFINE_string("lr", "5e-3", "Peak learning rate (fastai's lr_max), or "
                     "a list.")
@@ -154,8 +162,15 @@ def replicas_from_flags() -> list[sweep.Replica]:
     raise UserError(f"--wd={FLAGS.wd} must not be negative")
   layers = [_widths(t) or None for t in FLAGS.layers.split(";")]
   y_ranges = [parse_y_range(t) for t in FLAGS.y_range.split(";")]
-  return sweep.grid(model=names, n_factors=n_factors, layers=layers,
-                    y_range=y_ranges, lr=lrs, wd=wds, seed=seeds)
+  dropouts = parse_list("id_dropout", float)
+  if any(not 0 <= p < 1 for p in dropouts):
+    raise UserError(f"--id_dropout={FLAGS.id_dropout} must lie in [0, 1)")
+  replicas = sweep.grid(model=names, n_factors=n_factors, layers=layers,
+                        y_range=y_ranges, lr=lrs, wd=wds, seed=seeds,
+                        id_dropout=dropouts)
+  # id_dropout matters to side_nn only: one value for the other models.
+  return [r for r in replicas if r.model == "side_nn"
+          or r.id_dropout == dropouts[0]]
 
 
 def config_from_flags() -> training.TrainConfig:
@@ -207,7 +222,7 @@ def _write_json(path: str, obj) -> None:
 def _context(data) -> dict:
   """What every summary records: data sizes, device, versions, flags."""
   return {
-      "n_train": len(data.train), "n_valid": len(data.valid),
+      "n_train": data.train.size, "n_valid": data.valid.size,
       "n_users": data.n_users, "n_items": data.n_items,
       "device": runinfo.device(), "versions": runinfo.versions(),
       "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(
@@ -244,7 +259,7 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
   metrics = Metrics(FLAGS.workdir)
   board = None
   if FLAGS.tensorboard:
-    steps = len(data.train) // config.batch_size * config.epochs
+    steps = data.train.size // config.batch_size * config.epochs
     board = tblog.Writer(os.path.join(FLAGS.workdir, "tensorboard"), steps,
                          config.lr, config.pct_start, config.div,
                          config.div_final, config.moms)
@@ -386,6 +401,13 @@ def run() -> dict:
     raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
                     "or a positive count")
   data = load_data(split_seed=replicas[0].seed)
+  if any(r.model == "side_nn" for r in replicas):
+    if data.folder is None:
+      raise UserError("--model=side_nn uses MovieLens 100k's side "
+                      "information; it is not available for --ratings_file")
+    kinds = [k.strip() for k in FLAGS.side.split(",") if k.strip()]
+    data = features.attach(data, features.movielens(data, data.folder, kinds))
+    print(f"side information: {', '.join(kinds)}")
   if len(replicas) == 1 and not FLAGS.ensemble:
     return run_single(replicas[0], data, config)
   if FLAGS.tensorboard:

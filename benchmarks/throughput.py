@@ -101,7 +101,7 @@ def worker_jaxcf(kind: str) -> dict:
   from jaxcf import data, optim, sweep, training  # pylint: disable=g-import-not-at-top
   table, train, valid = _split_rows()
   d = data.prepare(table, train, valid, item_key="title")
-  n, bs = len(d.train), FLAGS.bs
+  n, bs = d.train.size, FLAGS.bs
   steps = n // bs
   replicas = [sweep.Replica(model=FLAGS.model, seed=s)
               for s in range(8 if kind == "8x vmap" else 1)]
@@ -121,7 +121,7 @@ def worker_jaxcf(kind: str) -> dict:
     batches = lambda e: training.epoch_batches(key, e, n, bs)
   if kind == "step":
     step = jax.jit(lambda s, data_, rows: training.train_step(
-        s, data.Ratings(*(x[rows] for x in data_))), donate_argnums=0)
+        s, data_.take(rows)), donate_argnums=0)
 
   def run_epoch():
     nonlocal state

@@ -6,15 +6,16 @@ touched once, by the chosen recipe retrained on all training rows.
 
 Chosen on the inner split:
 1. the best dot_bias configuration: n_factors x lr x wd x epochs (54);
-2. the best embedding_nn configuration: lr x wd (6);
+2. the best side_nn configuration (user, item and time features): lr x wd
+   (4);
 3. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
    with replacement (bagging, wd re-chosen from 0.02/0.05/0.1) with 16
-   seeds; the best embedding_nn with 4 seeds; and the weights mixing these
-   three families (a grid on the simplex).
+   seeds; the best side_nn with 4 seeds; and the weights mixing these three
+   families (a grid on the simplex).
 
 Reported on the test rows: the book's recipe (mean over 8 seeds), the tuned
-dot_bias (mean over 16 seeds, and seed 0 alone), the embedding_nn members,
-the 16-seed dot_bias ensemble and the three-family ensemble.
+dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
+16-seed dot_bias ensemble and the three-family ensemble.
 
   python benchmarks/tune.py --data_dir=../shared/data --splits=fastai \
       --out=benchmarks/results/tune_fastai
@@ -32,7 +33,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from jaxcf import data, datasets, movielens, sweep, training
+from jaxcf import data, datasets, features, movielens, sweep, training
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_list("splits", ["fastai"],
@@ -41,7 +42,7 @@ flags.DEFINE_list("splits", ["fastai"],
 flags.DEFINE_string("item_name", "title", "title (the book) or movie (ids, "
                     "as published results use).")
 flags.DEFINE_integer("seeds", 16, "Seeds of each dot_bias family.")
-flags.DEFINE_integer("nn_seeds", 4, "Seeds of the embedding_nn family.")
+flags.DEFINE_integer("nn_seeds", 4, "Seeds of the side_nn family.")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
 
@@ -49,7 +50,7 @@ BOOK = sweep.Replica(model="dot_bias", n_factors=50, lr=5e-3, wd=0.1)
 DOT_GRID = dict(model=["dot_bias"], n_factors=[32, 64, 128],
                 lr=[2e-3, 3e-3, 5e-3], wd=[0.05, 0.1, 0.2])
 DOT_EPOCHS = (5, 10)
-NN_GRID = dict(model=["embedding_nn"], lr=[3e-3, 5e-3], wd=[0.1, 0.3, 1.0])
+NN_GRID = dict(model=["side_nn"], lr=[3e-3, 5e-3], wd=[0.1, 0.3])
 NN_EPOCHS = 5
 BAG_WDS = (0.02, 0.05, 0.1)
 WEIGHT_STEP = 0.05
@@ -103,7 +104,7 @@ def tune(d: data.CollabData, log) -> dict:
       f"{best.wd} epochs {epochs}: {scored[0][0]:.4f}")
   nn = min(train(d, sweep.grid(**NN_GRID, seed=[0]), NN_EPOCHS),
            key=lambda r: r.valid_loss).replica
-  log(f"  inner best embedding_nn: lr {nn.lr} wd {nn.wd}")
+  log(f"  inner best side_nn: lr {nn.lr} wd {nn.wd}")
   truth = np.asarray(d.valid.ratings, np.float64)
   dot = mean_prediction(train(d, seeds(best, FLAGS.seeds), epochs))
   nnp = mean_prediction(train(d, seeds(nn, FLAGS.nn_seeds), NN_EPOCHS))
@@ -116,20 +117,25 @@ def tune(d: data.CollabData, log) -> dict:
       choice = (wd, weights, loss)
   bag_wd, weights, loss = choice
   log(f"  inner ensemble: dot_bias {np.mean((dot - truth)**2):.4f}; with "
-      f"bagging (wd {bag_wd}) and embedding_nn, weights {weights}: "
-      f"{loss:.4f}")
+      f"bagging (wd {bag_wd}) and side_nn, weights "
+      f"{tuple(round(float(w), 2) for w in weights)}: {loss:.4f}")
   return {"best": best, "epochs": epochs, "nn": nn, "bag_wd": bag_wd,
           "weights": weights}
 
 
-def evaluate(table, train_rows, test_rows, item_key, log) -> dict:
+def with_side(d, folder):
+  return features.attach(d, features.movielens(d, folder))
+
+
+def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
   rng = np.random.default_rng(0)
   shuffled = rng.permutation(train_rows)
   cut = len(shuffled) // 5
-  inner = data.prepare(table, shuffled[cut:], shuffled[:cut],
-                       item_key=item_key)
+  inner = with_side(data.prepare(table, shuffled[cut:], shuffled[:cut],
+                                 item_key=item_key), folder)
   c = tune(inner, log)
-  outer = data.prepare(table, train_rows, test_rows, item_key=item_key)
+  outer = with_side(data.prepare(table, train_rows, test_rows,
+                                 item_key=item_key), folder)
   truth = np.asarray(outer.valid.ratings, np.float64)
   mse = lambda p: float(np.mean((p - truth)**2))
   book = train(outer, seeds(BOOK, 8))
@@ -140,8 +146,9 @@ def evaluate(table, train_rows, test_rows, item_key, log) -> dict:
   families = [mean_prediction(x) for x in (dot, bag, nn)]
   out = {
       "chosen": {"dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
-                 "embedding_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
-                 "weights (dot_bias, bagged, embedding_nn)": c["weights"]},
+                 "side_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
+                 "weights (dot_bias, bagged, side_nn)": [
+                     float(w) for w in c["weights"]]},
       "book_single": float(np.mean([r.valid_loss for r in book])),
       "tuned_single": float(np.mean([r.valid_loss for r in dot])),
       "tuned_single_seed0": dot[0].valid_loss,
@@ -157,9 +164,9 @@ def evaluate(table, train_rows, test_rows, item_key, log) -> dict:
 COLUMNS = [("book_single", "book recipe (mean of 8 seeds)"),
            ("tuned_single", "tuned dot_bias (mean of 16 seeds)"),
            ("tuned_single_seed0", "tuned dot_bias, seed 0"),
-           ("nn_single", "tuned embedding_nn (mean of 4 seeds)"),
+           ("nn_single", "tuned side_nn (mean of 4 seeds)"),
            ("dot_ensemble", "ensemble: tuned dot_bias x 16 seeds"),
-           ("ensemble", "ensemble: + 16 bagged dot_bias + 4 embedding_nn")]
+           ("ensemble", "ensemble: + 16 bagged dot_bias + 4 side_nn")]
 
 
 def markdown(results: dict[str, dict], rmse: bool) -> str:
@@ -185,7 +192,7 @@ def main(argv):
   for name, train_rows, test_rows in splits(table, folder):
     print(f"{name}: {len(train_rows):,} train / {len(test_rows):,} test rows",
           flush=True)
-    results[name] = evaluate(table, train_rows, test_rows, item_key,
+    results[name] = evaluate(table, folder, train_rows, test_rows, item_key,
                              lambda s: print(s, flush=True))
   text = "\n\n".join([markdown(results, rmse=False),
                       markdown(results, rmse=True)])

@@ -9,7 +9,7 @@ chooses the validation rows and puts int32/float32 arrays on the device.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -63,14 +63,23 @@ class Vocab:
 class Ratings(NamedTuple):
   """Encoded rating triples on the device (a pytree).
 
-  users, items: int32 [n] vocabulary indices; ratings: float32 [n].
+  users, items: int32 [n] vocabulary indices; ratings: float32 [n];
+  times: float32 [n] when to the model rating times matter (side features),
+  else None.
   """
   users: jax.Array
   items: jax.Array
   ratings: jax.Array
+  times: jax.Array | None = None
 
-  def __len__(self) -> int:
+  @property
+  def size(self) -> int:
+    """The number of ratings (len() stays the tuple's: 4 fields)."""
     return int(self.ratings.shape[0])
+
+  def take(self, rows) -> "Ratings":
+    """The rows `rows` of every field (a gather on the device)."""
+    return jax.tree.map(lambda x: x[rows], self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +93,8 @@ class CollabData:
     train, valid: encoded ratings on the default device.
     table: the source table; `train_rows`/`valid_rows` index into it.
     item_key: the table column that identifies items ('item' or 'title').
+    folder: the MovieLens folder the data came from (None for other files).
+    side: side features (`jaxcf.features.SideFeatures`) once attached.
   """
   users: Vocab
   items: Vocab
@@ -93,6 +104,8 @@ class CollabData:
   train_rows: np.ndarray
   valid_rows: np.ndarray
   item_key: str
+  folder: Any = None
+  side: Any = None
 
   @property
   def n_users(self) -> int:

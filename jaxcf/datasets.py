@@ -98,7 +98,9 @@ def load(source: Source = Source(), *, item_name: str = "title",
   if len(valid_rows) == 0:
     raise UserError(f"{how} leaves no validation rows; raise --valid_pct")
 
-  prepared = data.prepare(table, train_rows, valid_rows, item_key=item_key)
+  prepared = dataclasses.replace(
+      data.prepare(table, train_rows, valid_rows, item_key=item_key),
+      folder=folder)
   if log:
     n_ids = table["item"].nunique()
     items = (f"{n_ids:,} items" if item_key == "item" else

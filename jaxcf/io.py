@@ -70,7 +70,7 @@ def _encoding(path: str, encoding: str | None) -> str:
 def read_columns(path: str, columns: Mapping[str, Column], *,
                  sep: str | None = None, header: bool | None = None,
                  encoding: str | None = None, what: str = "file",
-                 numeric: str | None = None
+                 numeric: str | None = None, optional: Sequence[str] = ()
                  ) -> tuple[pd.DataFrame, np.ndarray]:
   """Reads the named columns of a delimited text file as strings.
 
@@ -85,6 +85,7 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
     encoding: text encoding; None tries UTF-8, then latin-1.
     what: how messages name the file ("ratings file", ...).
     numeric: the key of a column whose data fields are numbers (the rating).
+    optional: keys of columns whose fields may be empty.
 
   Returns:
     (table, line): a DataFrame with one str column per key of `columns`, and
@@ -132,7 +133,9 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
           f"{sep!r}, but the {out_name} column is at position {col}; pass "
           "--sep or --columns")
     values = raw.iloc[:, col]
-    missing = values.isna().to_numpy() | (values.str.strip() == "").to_numpy()
+    missing = values.isna().to_numpy()
+    if out_name not in optional:
+      missing = missing | (values.str.strip() == "").to_numpy()
     if missing.any():
       i = int(np.argmax(missing))
       raise UserError(

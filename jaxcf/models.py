@@ -1,7 +1,8 @@
 """Collaborative-filtering models as Flax Linen modules.
 
 Every model maps int32 user and item indices [batch] to predicted ratings
-[batch] (float32). Initialisation follows fastai/PyTorch so that parameter
+[batch] (float32), as `model.apply(variables, users, items, train=...,
+times=...)`; only SideNN uses the rating times, the others ignore them. Initialisation follows fastai/PyTorch so that parameter
 counts and starting points match the reference:
 
 * embeddings: N(0, 1) wrapped into (-2, 2) by fmod, times 0.01;
@@ -119,7 +120,7 @@ class DotProduct(nn.Module):
   y_range: YRange = None
 
   @nn.compact
-  def __call__(self, users, items, train: bool = False):
+  def __call__(self, users, items, train: bool = False, times=None):
     u = _embed(self.n_users, self.n_factors, "user_factors")(users)
     i = _embed(self.n_items, self.n_factors, "item_factors")(items)
     return _squash(self, jnp.sum(u * i, axis=-1))
@@ -136,7 +137,7 @@ class DotProductBias(nn.Module):
   y_range: YRange = (0.0, 5.5)
 
   @nn.compact
-  def __call__(self, users, items, train: bool = False):
+  def __call__(self, users, items, train: bool = False, times=None):
     u = _embed(self.n_users, self.n_factors, "user_factors")(users)
     i = _embed(self.n_items, self.n_factors, "item_factors")(items)
     bu = _embed(self.n_users, 1, "user_bias")(users)[..., 0]
@@ -158,7 +159,7 @@ class CollabNN(nn.Module):
   item_size: int | None = None
 
   @nn.compact
-  def __call__(self, users, items, train: bool = False):
+  def __call__(self, users, items, train: bool = False, times=None):
     x = _concat_embeddings(self, users, items)
     for width in self.layers:
       x = nn.relu(Linear(width)(x))
@@ -179,8 +180,78 @@ class EmbeddingNN(nn.Module):
   item_size: int | None = None
 
   @nn.compact
-  def __call__(self, users, items, train: bool = False):
+  def __call__(self, users, items, train: bool = False, times=None):
     x = _concat_embeddings(self, users, items)
+    for width in self.layers:
+      x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
+    return _squash(self, Linear(1)(x)[..., 0])
+
+
+class SideNN(nn.Module):
+  """EmbeddingNN with side information: the chapter's closing point.
+
+  Besides the user and item id embeddings, it embeds each categorical user
+  and item feature (gender, occupation, ...) and takes continuous ones (age,
+  genre flags, release year, rating time) through a BatchNorm, as fastai's
+  TabularModel does with its continuous inputs; all of it is concatenated
+  and fed to EmbeddingNN's layers.
+
+  The feature tables are indexed by the same user/item rows as the id
+  embeddings and live in the 'constants' collection ([n_users, k] int32
+  'user_cat', [n_users, m] float32 'user_cont', the same for items): fill
+  them with `jaxcf.features`. With `id_dropout` > 0, training replaces that
+  share of user ids by 0 ('#na#'), so that row learns the unknown user and
+  the model learns to predict a new user from features alone.
+
+  Attributes:
+    user_cats, item_cats: the cardinality of each categorical feature.
+    user_conts, item_conts: how many continuous features.
+    use_time: whether the rating time (float32 [batch], `times`) is an
+      input; without `times`, `default_time` stands in.
+  """
+  n_users: int
+  n_items: int
+  layers: Sequence[int] = (100, 50)
+  y_range: YRange = (0.0, 5.5)
+  user_cats: tuple[int, ...] = ()
+  user_conts: int = 0
+  item_cats: tuple[int, ...] = ()
+  item_conts: int = 0
+  use_time: bool = False
+  default_time: float = 1.0
+  id_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False, times=None):
+    table = lambda name, shape, dtype: self.variable(
+        "constants", name, jnp.zeros, shape, dtype).value
+    ids = users
+    if train and self.id_dropout > 0:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.id_dropout,
+                                  users.shape)
+      ids = jnp.where(drop, 0, users)
+    parts = [_embed(self.n_users, embedding_size(self.n_users),
+                    "user_factors")(ids),
+             _embed(self.n_items, embedding_size(self.n_items),
+                    "item_factors")(items)]
+    conts = []
+    for side, rows, n, cats, n_conts in (
+        ("user", users, self.n_users, self.user_cats, self.user_conts),
+        ("item", items, self.n_items, self.item_cats, self.item_conts)):
+      if cats:
+        codes = table(f"{side}_cat", (n, len(cats)), jnp.int32)[rows]
+        parts += [_embed(c, embedding_size(c), f"{side}_cat{k}")(codes[:, k])
+                  for k, c in enumerate(cats)]
+      if n_conts:
+        conts.append(table(f"{side}_cont", (n, n_conts), jnp.float32)[rows])
+    if self.use_time:
+      if times is None:
+        times = jnp.full(users.shape, self.default_time, jnp.float32)
+      conts.append(times[:, None])
+    if conts:
+      parts.append(BatchNorm(name="bn_cont")(jnp.concatenate(conts, -1),
+                                             train))
+    x = jnp.concatenate(parts, axis=-1)
     for width in self.layers:
       x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
     return _squash(self, Linear(1)(x)[..., 0])
@@ -199,12 +270,13 @@ MODELS = {
     "dot_bias": DotProductBias,
     "collab_nn": CollabNN,
     "embedding_nn": EmbeddingNN,
+    "side_nn": SideNN,
 }
 
 
 def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
            y_range: YRange = (0.0, 5.5),
-           layers: Sequence[int] | None = None) -> nn.Module:
+           layers: Sequence[int] | None = None, **side) -> nn.Module:
   """Builds a model by name.
 
   Args:
@@ -214,7 +286,8 @@ def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
       embeddings by `embedding_size`).
     y_range: (low, high) for `sigmoid_range`, or None for a raw output.
     layers: hidden widths of the NN models; None keeps each model's default
-      ([100] for collab_nn, [100, 50] for embedding_nn).
+      ([100] for collab_nn, [100, 50] for embedding_nn and side_nn).
+    **side: SideNN's feature attributes (user_cats, item_conts, ...).
   """
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of "
@@ -223,7 +296,9 @@ def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
   if cls in (DotProduct, DotProductBias):
     return cls(n_users, n_items, n_factors=n_factors, y_range=y_range)
   kwargs = {} if layers is None else {"layers": tuple(layers)}
-  return cls(n_users, n_items, y_range=y_range, **kwargs)
+  if side and cls is not SideNN:
+    raise ValueError(f"model {name} takes no side information")
+  return cls(n_users, n_items, y_range=y_range, **kwargs, **side)
 
 
 def count_params(model: nn.Module) -> int:

@@ -37,13 +37,15 @@ class Replica:
   lr: float = 5e-3
   wd: float = 0.1
   seed: int = 42
+  id_dropout: float = 0.0  # side_nn only: the share of user ids hidden
 
   @property
   def shape_key(self) -> tuple:
-    """Replicas with equal keys have equal pytree shapes: one group."""
+    """Replicas with equal keys share one compiled program: one group."""
     dot = self.model in ("dot", "dot_bias")
     return (self.model, self.n_factors if dot else None,
-            None if dot else self.layers, self.y_range is None)
+            None if dot else self.layers, self.y_range is None,
+            self.id_dropout if self.model == "side_nn" else None)
 
   def hparams(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -52,9 +54,14 @@ class Replica:
     return out
 
   def create_model(self, data: CollabData):
+    side = {}
+    if self.model == "side_nn":
+      if data.side is None:
+        raise UserError("--model=side_nn needs side features (--side)")
+      side = {**data.side.spec, "id_dropout": self.id_dropout}
     return models.create(self.model, data.n_users, data.n_items,
                          n_factors=self.n_factors, y_range=self.y_range,
-                         layers=self.layers)
+                         layers=self.layers, **side)
 
 
 def grid(**values: Sequence) -> list[Replica]:
@@ -108,7 +115,7 @@ def replica_bytes(model, data: CollabData, batch_size: int) -> int:
   """Device bytes one replica needs while training, roughly: weights, Adam's
   two moments, gradients and updates (5 copies), plus its epoch's indices."""
   n_params = models.count_params(model)
-  steps = len(data.train) // batch_size
+  steps = data.train.size // batch_size
   return 4 * (5 * n_params + steps * batch_size)
 
 
@@ -123,16 +130,19 @@ def auto_chunk(model, data: CollabData, batch_size: int, n: int) -> int:
   return int(max(1, min(n, fit)))
 
 
-def init_replicas(model, tx, replicas: Sequence[Replica]
-                  ) -> training.TrainState:
-  """Stacked train states: replica r initialised exactly as `fit` would."""
+def init_replicas(model, tx, replicas: Sequence[Replica],
+                  constants: dict | None = None) -> training.TrainState:
+  """Stacked train states: replica r initialised exactly as `fit` would.
+
+  constants: side-feature tables shared by every replica.
+  """
   keys = jnp.stack([jax.random.split(jax.random.key(r.seed))[0]
                     for r in replicas])
   lrs = jnp.array([r.lr for r in replicas], jnp.float32)
   wds = jnp.array([r.wd for r in replicas], jnp.float32)
 
   def one(key, lr, wd):
-    state = training.create_train_state(model, tx, key)
+    state = training.create_train_state(model, tx, key, constants)
     return state.replace(opt_state=state.opt_state._replace(
         peak_lr=lr, weight_decay=wd))
 
@@ -170,7 +180,7 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
   """Trains replicas of one shape together; returns (results, compile
   seconds, train seconds). on_epoch(index in chunk, row) sees every row."""
   model = replicas[0].create_model(data)
-  n = len(data.train)
+  n = data.train.size
   steps = n // config.batch_size
   if steps == 0:
     raise UserError(f"--bs={config.batch_size} is larger than the {n} "
@@ -178,7 +188,8 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
   tx = optim.one_cycle_adamw(
       1.0, 0.0, steps * config.epochs, pct_start=config.pct_start,
       div=config.div, div_final=config.div_final, moms=config.moms)
-  state = init_replicas(model, tx, replicas)
+  state = init_replicas(model, tx, replicas,
+                        training.model_constants(model, data))
   keys = _order_keys(replicas)
 
   t0 = time.perf_counter()
@@ -302,7 +313,7 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
   sweep = SweepResult(results=results, ensemble=None,
                       compile_seconds=compile_seconds,
                       train_seconds=train_seconds, samples_per_second=0.0)
-  steps = len(data.train) // config.batch_size
+  steps = data.train.size // config.batch_size
   sweep.samples_per_second = (steps * config.batch_size * config.epochs *
                               len(replicas) / max(train_seconds, 1e-9))
   if ensemble_top is not None:
@@ -314,7 +325,7 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
 
 
 def _describe(key: tuple) -> str:
-  model, n_factors, layers, no_range = key
+  model, n_factors, layers, no_range, id_dropout = key
   parts = [model]
   if n_factors is not None:
     parts.append(f"n_factors={n_factors}")
@@ -322,4 +333,6 @@ def _describe(key: tuple) -> str:
     parts.append(f"layers={','.join(map(str, layers))}")
   if no_range:
     parts.append("y_range=none")
+  if id_dropout:
+    parts.append(f"id_dropout={id_dropout}")
   return " ".join(parts)

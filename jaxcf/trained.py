@@ -33,6 +33,7 @@ import optax
 import pandas as pd
 
 from jaxcf import checkpoint, models, ranking, runinfo, training
+from jaxcf import features as side_features
 from jaxcf.data import CollabData, Ratings, Vocab
 from jaxcf.errors import UserError
 
@@ -45,10 +46,13 @@ class FoldedUser:
   """A user who was not trained, folded in from a few ratings.
 
   rows: the user's embedding rows by table name ('user_factors' [f],
-  'user_bias' [1]); seen: item indices the user rated.
+  'user_bias' [1]); seen: item indices the user rated; constants: the
+  user's side features, as table rows.
   """
   rows: Mapping[str, np.ndarray]
   seen: np.ndarray
+  constants: Mapping[str, np.ndarray] = dataclasses.field(
+      default_factory=dict)  # side-feature rows ('user_cat', 'user_cont')
 
   def __repr__(self) -> str:
     return f"FoldedUser({len(self.seen)} ratings)"
@@ -67,19 +71,18 @@ class TrainedModel:
   def __init__(self, spec: dict, params, model_state, users: Vocab,
                items: Vocab, item_key: str, titles: np.ndarray | None,
                item_ids: Mapping[Any, Any], train: Ratings, valid: Ratings,
-               info: dict):
-    self.spec = spec  # model, n_factors, y_range, layers
+               info: dict, side_vocab: dict | None = None):
+    self.spec = spec  # model, n_factors, y_range, layers, side
+    self.side_vocab = side_vocab  # categories and scales of user features
     self.users, self.items, self.item_key = users, items, item_key
     self.titles = titles  # [n_items] aligned with items (index 0: '#na#')
     self.item_ids = dict(item_ids)  # raw item id -> vocabulary key
     self.train, self.valid, self.info = train, valid, info
-    self.module = models.create(
-        spec["model"], len(users), len(items), n_factors=spec["n_factors"],
-        y_range=tuple(spec["y_range"]) if spec["y_range"] else None,
-        layers=tuple(spec["layers"]) if spec["layers"] else None)
+    self.module = _module(spec, len(users), len(items))
     self.state = training.TrainState(
         step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
-        opt_state=None, apply_fn=self.module.apply, tx=None)
+        opt_state=None, rng=jax.random.key(0), apply_fn=self.module.apply,
+        tx=None)
     t_users, t_items = np.asarray(train.users), np.asarray(train.items)
     self.user_trained = np.bincount(t_users, minlength=len(users)) > 0
     self.item_counts = np.bincount(t_items, minlength=len(items))
@@ -99,6 +102,11 @@ class TrainedModel:
     spec = {"model": replica.model, "n_factors": replica.n_factors,
             "y_range": list(replica.y_range) if replica.y_range else None,
             "layers": list(replica.layers) if replica.layers else None}
+    side_vocab = None
+    if replica.model == "side_nn":
+      spec["side"] = {**data.side.spec, "id_dropout": replica.id_dropout}
+      side_vocab = {"categories": data.side.categories,
+                    "scales": data.side.scales}
     table = data.table
     titles, item_ids = None, {}
     if "title" in table:
@@ -111,21 +119,20 @@ class TrainedModel:
                           dtype=object)
     return cls(spec, params, model_state, data.users, data.items,
                data.item_key, titles, item_ids, data.train, data.valid,
-               info or {})
+               info or {}, side_vocab)
 
   def save(self, path: str) -> None:
     """Writes the model (orbax, atomic) to the directory `path`."""
     arrays = {"params": self.state.params,
               "model_state": self.state.model_state,
-              "train": dict(zip(Ratings._fields, self.train)),
-              "valid": dict(zip(Ratings._fields, self.valid))}
+              "train": _triples(self.train), "valid": _triples(self.valid)}
     plain = lambda a: [v.item() if hasattr(v, "item") else v for v in a]
     meta = {
         "format": FORMAT, "spec": self.spec, "item_key": self.item_key,
         "users": plain(self.users.classes), "items": plain(self.items.classes),
         "titles": None if self.titles is None else plain(self.titles),
         "item_ids": [plain(self.item_ids), plain(self.item_ids.values())],
-        "info": self.info, "versions": runinfo.versions(),
+        "side_vocab": self.side_vocab, "info": self.info, "versions": runinfo.versions(),
         "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     checkpoint.save(path, arrays, meta)
@@ -142,10 +149,7 @@ class TrainedModel:
     users = Vocab.from_classes(_ids(meta["users"]))
     items = Vocab.from_classes(_ids(meta["items"]))
     spec = meta["spec"]
-    module = models.create(spec["model"], len(users), len(items),
-                           n_factors=spec["n_factors"],
-                           y_range=spec["y_range"] and tuple(spec["y_range"]),
-                           layers=spec["layers"] and tuple(spec["layers"]))
+    module = _module(spec, len(users), len(items))
     dummy = jnp.zeros((1,), jnp.int32)
     shapes = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)
     shapes = dict(shapes)
@@ -163,7 +167,7 @@ class TrainedModel:
     return cls(spec, arrays["params"], arrays["model_state"], users, items,
                meta["item_key"], titles, item_ids,
                Ratings(**arrays["train"]), Ratings(**arrays["valid"]),
-               meta["info"])
+               meta["info"], meta.get("side_vocab"))
 
   def export_npz(self, path: str) -> None:
     """Writes plain arrays that numpy alone reads (np.load, no pickle).
@@ -239,6 +243,20 @@ class TrainedModel:
     return np.asarray(_predict(self.state, jnp.asarray(u), jnp.asarray(i),
                                batch_size))
 
+  def predict_for(self, user, items: Iterable, times=None,
+                  batch_size: int = 8192) -> np.ndarray:
+    """Predicted ratings of one user (an id or a FoldedUser) for items.
+
+    times: rating times in [0, 1] (see `features.scaled_times`) for models
+    that use them; None stands for the latest.
+    """
+    state, row, _ = self._user_state(user)
+    i = np.array([self.item_index(x) for x in items], np.int32)
+    u = np.full(len(i), row, np.int32)
+    t = None if times is None else jnp.asarray(times, jnp.float32)
+    return np.asarray(_predict(state, jnp.asarray(u), jnp.asarray(i),
+                               batch_size, t))
+
   def _user_state(self, user) -> tuple[training.TrainState, int, np.ndarray]:
     """(state, row, seen items) for a user id or a FoldedUser.
 
@@ -246,8 +264,7 @@ class TrainedModel:
     parameters, so that every model predicts for it unchanged.
     """
     if isinstance(user, FoldedUser):
-      params = _with_rows(self.state.params, user.rows)
-      return self.state.replace(params=params), 0, user.seen
+      return self._folded_state(user.rows, user.constants), 0, user.seen
     index = self.user_index(user)
     return self.state, index, self._seen.get(index, np.zeros(0, int))
 
@@ -357,16 +374,29 @@ class TrainedModel:
 
   # New users -------------------------------------------------------------------
 
-  def fold_in(self, ratings, l2: float = 5.0, steps: int = 200
-              ) -> FoldedUser:
+  def _folded_state(self, rows, constants) -> training.TrainState:
+    """The state with a folded user's rows (and features) in row 0."""
+    model_state = self.state.model_state
+    if constants:
+      model_state = {**model_state, "constants": _with_rows(
+          model_state["constants"], constants, key=None)}
+    return self.state.replace(params=_with_rows(self.state.params, rows),
+                              model_state=model_state)
+
+  def fold_in(self, ratings, l2: float = 5.0, steps: int = 200,
+              features: Mapping[str, Any] | None = None) -> FoldedUser:
     """A new user's factors from a few ratings, the item side frozen.
 
     Args:
       ratings: {item: rating}, or (item, rating) pairs; items by title or id.
         None or empty gives the average trained user (the book's
         "representative user"): recommendations then follow the item biases.
-      l2: ridge strength pulling the user towards the average trained user.
+        A side_nn model trained with id_dropout starts instead from its
+        unknown-user row and the user's `features`.
+      l2: ridge strength pulling the user towards that starting point.
       steps: gradient steps for the NN models.
+      features: side_nn only: the user's features, e.g. {'age': 31,
+        'gender': 'F', 'occupation': 'writer'}.
 
     Dot models are solved in closed form (ridge regression on the logit
     scale of sigmoid_range); NN models take `steps` Adam steps on the
@@ -377,17 +407,27 @@ class TrainedModel:
     items = np.array([self.item_index(i) for i, _ in pairs], np.int32)
     values = np.array([float(r) for _, r in pairs], np.float64)
     params = self.state.params
-    trained = self.user_trained.copy()
-    rows = {name: np.asarray(params[name]["embedding"])[trained].mean(0)
-            for name in ("user_factors", "user_bias") if name in params}
+    constants = {}
+    vocab = self.side_vocab or {}
+    if vocab.get("categories") or vocab.get("scales"):
+      encoder = side_features.SideFeatures({}, {}, None, None, **vocab)
+      constants = encoder.encode_user(features or {})
+    elif features:
+      raise UserError("this model takes no user features")
+    if self.spec.get("side", {}).get("id_dropout"):
+      rows = {"user_factors": np.asarray(params["user_factors"]["embedding"])[0]}
+    else:
+      trained = self.user_trained
+      rows = {name: np.asarray(params[name]["embedding"])[trained].mean(0)
+              for name in ("user_factors", "user_bias") if name in params}
     if len(pairs):
       if self.spec["model"] in DOT_MODELS:
         rows = self._ridge(items, values, rows, l2)
       else:
-        rows = self._descend(items, values, rows, l2, steps)
+        rows = self._descend(items, values, rows, constants, l2, steps)
     return FoldedUser(rows={k: np.asarray(v, np.float32)
                             for k, v in rows.items()},
-                      seen=np.unique(items))
+                      seen=np.unique(items), constants=constants)
 
   def _targets(self, values: np.ndarray) -> np.ndarray:
     y_range = self.spec["y_range"]
@@ -415,9 +455,10 @@ class TrainedModel:
       return {"user_factors": w[:-1], "user_bias": w[-1:]}
     return {"user_factors": w}
 
-  def _descend(self, items, values, prior, l2, steps):
+  def _descend(self, items, values, prior, constants, l2, steps):
     start = {k: jnp.asarray(v, jnp.float32) for k, v in prior.items()}
-    rows = _fit_rows(self.state, start, jnp.asarray(items),
+    state = self._folded_state(start, constants)
+    rows = _fit_rows(state, start, jnp.asarray(items),
                      jnp.asarray(values, jnp.float32), l2, steps)
     return {k: np.asarray(v) for k, v in rows.items()}
 
@@ -425,6 +466,10 @@ class TrainedModel:
 def load(path: str, device=None) -> TrainedModel:
   """A model saved by train.py --workdir (pass the workdir or its model/)."""
   return TrainedModel.load(path, device)
+
+
+def _triples(r: Ratings) -> dict:
+  return {"users": r.users, "items": r.items, "ratings": r.ratings}
 
 
 def _coerce(value, classes: np.ndarray):
@@ -447,13 +492,26 @@ def _pair_counts(path: str) -> tuple[int, int]:
   return length("train"), length("valid")
 
 
-def _with_rows(params, rows: Mapping[str, Any]):
-  params = dict(params)
+def _with_rows(tree, rows: Mapping[str, Any], key: str | None = "embedding"):
+  """tree with row 0 of tree[name][key] (or tree[name]) set to rows[name]."""
+  tree = dict(tree)
   for name, value in rows.items():
-    table = params[name]["embedding"]
-    params[name] = {"embedding": table.at[0].set(jnp.asarray(value,
-                                                             table.dtype))}
-  return params
+    table = tree[name] if key is None else tree[name][key]
+    table = table.at[0].set(jnp.asarray(value, table.dtype))
+    tree[name] = table if key is None else {key: table}
+  return tree
+
+
+def _module(spec: dict, n_users: int, n_items: int):
+  """The Flax module a saved spec describes."""
+  side = dict(spec.get("side") or {})
+  for name in ("user_cats", "item_cats"):
+    if name in side:
+      side[name] = tuple(side[name])
+  return models.create(
+      spec["model"], n_users, n_items, n_factors=spec["n_factors"],
+      y_range=tuple(spec["y_range"]) if spec["y_range"] else None,
+      layers=tuple(spec["layers"]) if spec["layers"] else None, **side)
 
 
 @functools.partial(jax.jit, static_argnames="k")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import optim
+from jaxcf import models, optim
 from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
@@ -32,31 +32,59 @@ class TrainState:
 
   model_state holds the model's variable collections other than params:
   'batch_stats' (BatchNorm running statistics, updated by training) and
-  'constants' (the y_range), each absent when the model has none.
+  'constants' (the y_range, side-feature tables), each absent when the model
+  has none.
   """
   step: jax.Array
   params: Any
   model_state: dict[str, Any]
   opt_state: Any
+  rng: jax.Array  # a key; step i's dropout key is fold_in(rng, i)
   apply_fn: Callable = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       key: jax.Array) -> TrainState:
+                       key: jax.Array, constants: dict | None = None
+                       ) -> TrainState:
+  """Initialises a model's variables from `key` and its optimiser state.
+
+  constants: values for the model's 'constants' collection (side-feature
+  tables), replacing the placeholders `init` creates.
+  """
   dummy = jnp.zeros((1,), jnp.int32)
-  variables = model.init(key, dummy, dummy)
+  variables = dict(model.init(key, dummy, dummy))
   params = variables.pop("params")
+  if constants:
+    variables["constants"] = {**variables.get("constants", {}), **constants}
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    model_state=dict(variables), opt_state=tx.init(params),
-                    apply_fn=model.apply, tx=tx)
+                    model_state=variables, opt_state=tx.init(params),
+                    rng=jax.random.fold_in(key, 1), apply_fn=model.apply,
+                    tx=tx)
 
 
-def predict(state: TrainState, users: jax.Array, items: jax.Array
-            ) -> jax.Array:
-  """Predicted ratings [batch] in evaluation mode (BatchNorm running stats)."""
+def _times(times) -> dict:
+  return {} if times is None else {"times": times}
+
+
+def model_constants(model: nn.Module, data: CollabData) -> dict | None:
+  """The side-feature tables a SideNN needs from `data` (else None)."""
+  if not isinstance(model, models.SideNN):
+    return None
+  if data.side is None:
+    raise UserError("model side_nn needs side features: attach them with "
+                    "jaxcf.features (train.py does, for MovieLens 100k)")
+  return {k: jnp.asarray(v) for k, v in data.side.constants.items()}
+
+
+def predict(state: TrainState, users: jax.Array, items: jax.Array,
+            times: jax.Array | None = None) -> jax.Array:
+  """Predicted ratings [batch] in evaluation mode (BatchNorm running stats).
+
+  times: rating times [batch] for models that use them (else None).
+  """
   variables = {"params": state.params, **state.model_state}
-  return state.apply_fn(variables, users, items, train=False)
+  return state.apply_fn(variables, users, items, train=False, **_times(times))
 
 
 def train_step(state: TrainState, batch: Ratings
@@ -65,8 +93,10 @@ def train_step(state: TrainState, batch: Ratings
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
-    preds, updates = state.apply_fn(variables, batch.users, batch.items,
-                                    train=True, mutable=["batch_stats"])
+    preds, updates = state.apply_fn(
+        variables, batch.users, batch.items, train=True,
+        mutable=["batch_stats"], **_times(batch.times),
+        rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
     loss = jnp.mean((preds - batch.ratings)**2)
     return loss, {**state.model_state, **updates}
 
@@ -94,23 +124,24 @@ def train_epoch(state: TrainState, data: Ratings, batches: jax.Array
   """
 
   def body(state, rows):
-    batch = Ratings(*(x[rows] for x in data))
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, data.take(rows))
     return state, metrics["loss"]
 
   return jax.lax.scan(body, state, batches)
 
 
 def predict_all(state: TrainState, users: jax.Array, items: jax.Array,
-                batch_size: int = 8192) -> jax.Array:
+                batch_size: int = 8192, times: jax.Array | None = None
+                ) -> jax.Array:
   """Predictions [n] for any number of pairs, `batch_size` at a time."""
   n = users.shape[0]
   batch_size = max(1, min(batch_size, n))
   chunks = -(-n // batch_size)
   pad = chunks * batch_size - n
-  users, items = (jnp.pad(x, (0, pad)).reshape(chunks, batch_size)
-                  for x in (users, items))
-  preds = jax.lax.map(lambda ui: predict(state, *ui), (users, items))
+  inputs = jax.tree.map(
+      lambda x: jnp.pad(x, (0, pad)).reshape(chunks, batch_size),
+      (users, items, times))
+  preds = jax.lax.map(lambda x: predict(state, *x), inputs)
   return preds.reshape(-1)[:n]
 
 
@@ -120,8 +151,8 @@ def evaluate(state: TrainState, data: Ratings, batch_size: int = 8192
 
   Returns float32 scalars: mse, rmse, mae.
   """
-  return error_metrics(predict_all(state, data.users, data.items, batch_size),
-                       data.ratings)
+  return error_metrics(predict_all(state, data.users, data.items, batch_size,
+                                   data.times), data.ratings)
 
 
 def error_metrics(preds: jax.Array, ratings: jax.Array
@@ -240,7 +271,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     on_losses: called with each epoch's per-step training losses [steps].
     log: where progress lines go (None: silent).
   """
-  n = len(data.train)
+  n = data.train.size
   steps = n // config.batch_size
   if steps == 0:
     raise UserError(f"--bs={config.batch_size} is larger than the "
@@ -249,7 +280,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
       config.lr, config.wd, steps * config.epochs, pct_start=config.pct_start,
       div=config.div, div_final=config.div_final, moms=config.moms)
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, tx, init_key)
+  state = create_train_state(model, tx, init_key,
+                             model_constants(model, data))
 
   t0 = time.perf_counter()
   batches = epoch_batches(order_key, 0, n, config.batch_size,

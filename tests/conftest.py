@@ -12,7 +12,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 def write_movielens(folder: Path, n_users=40, n_items=30, density=0.5,
                     seed=0) -> Path:
-  """Writes u.data, u.item (latin-1) and u1.base/u1.test like GroupLens'.
+  """Writes u.data, u.item (latin-1), u.user and u1.base/u1.test like
+  GroupLens'.
 
   Ratings are 1..5 from a rank-2 model plus noise, so there is something to
   learn. Items 1 and 2 share a title, as 18 MovieLens ids do; item 3's title
@@ -34,9 +35,14 @@ def write_movielens(folder: Path, n_users=40, n_items=30, density=0.5,
   for i in range(1, n_items + 1):
     title = {1: "Twin (1995)", 2: "Twin (1995)", 3: "Café Olé (1997)"}.get(
         i, f"Movie {i:03d} (19{50 + i % 50})")
-    genres = "|".join("0" * 19)
-    titles.append(f"{i}|{title}|01-Jan-1995||http://x|{genres}")
+    genres = "|".join("1" if (i + g) % 7 == 0 else "0" for g in range(19))
+    date = "" if i == 4 else f"01-Jan-19{50 + i % 50}"  # one unknown date
+    titles.append(f"{i}|{title}|{date}||http://x|{genres}")
   (folder / "u.item").write_bytes(("\n".join(titles) + "\n").encode("latin-1"))
+  jobs = ("student", "writer", "retired", "engineer")
+  people = [f"{u}|{18 + (u * 7) % 50}|{'MF'[u % 2]}|{jobs[u % 4]}|0{u:04d}"
+            for u in range(1, n_users + 1)]
+  (folder / "u.user").write_text("\n".join(people) + "\n")
   cut = len(rows) // 5
   (folder / "u1.test").write_text("\n".join(lines[:cut]) + "\n")
   (folder / "u1.base").write_text("\n".join(lines[cut:]) + "\n")

@@ -73,7 +73,9 @@ def _bad_files(tmp_path):
   bad = {"nonnumeric.tsv": "1\t2\t4\n1\t3\tgood\n",
          "short.tsv": "1\t2\t4\n1\t3\n",
          "empty.tsv": "",
-         "pairs.tsv": "user\tmovie\n999\t1\n"}
+         "pairs.tsv": "user\tmovie\n999\t1\n",
+         "good.tsv": "".join(f"{u}\t{i}\t{(u + i) % 5 + 1}\n"
+                             for u in range(1, 6) for i in range(1, 6))}
   for name, text in bad.items():
     (tmp_path / name).write_text(text)
   return tmp_path
@@ -115,6 +117,10 @@ ERROR_CASES = [
     (["--valid_file={tmp}/pairs.tsv", "--split=u1"], "give one"),
     (["--bs=100000"], "larger than"),
     (["--item_name=genre"], "--item_name=genre"),
+    (["--model=side_nn", "--ratings_file={tmp}/good.tsv"],
+     "not available for --ratings_file"),
+    (["--model=side_nn", "--side=user,weather"], "unknown ['weather']"),
+    (["--id_dropout=1.5"], "must lie in [0, 1)"),
 ]
 
 
@@ -199,3 +205,18 @@ def test_tensorboard_events_and_loss_plot(tiny_ml, tmp_path):
   assert tags["valid/mse"] == 2
   assert (workdir / "tensorboard" / "projector_config.pbtxt").exists()
   assert (workdir / "loss.png").stat().st_size > 5_000
+
+
+def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path):
+  workdir = tmp_path / "side"
+  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
+             "--model=side_nn", "--layers=8", "--id_dropout=0.1",
+             f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr
+  assert "side information: user, item, time" in proc.stdout
+  inspect = subprocess.run(
+      [sys.executable, "-m", "jaxcf.inspect", f"--workdir={workdir}",
+       "--user=2", "--k=3"], capture_output=True, text=True, cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert inspect.returncode == 0, inspect.stderr
+  assert "top 3 for user 2" in inspect.stdout

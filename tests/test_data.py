@@ -104,7 +104,7 @@ def test_load_tiny_movielens(tiny_ml):
   d = datasets.load(datasets.Source(data_dir=str(tiny_ml)), split="u1",
                     log=None)
   n_test = len((tiny_ml / "u1.test").read_text().splitlines())
-  assert (len(d.train), len(d.valid)) == (n_lines - n_test, n_test)
+  assert (d.train.size, d.valid.size) == (n_lines - n_test, n_test)
   assert d.n_items == table["title"].nunique() + 1  # two ids share a title
   by_id = datasets.load(datasets.Source(data_dir=str(tiny_ml)),
                         item_name="movie", log=None)
@@ -200,14 +200,14 @@ def test_real_movielens_counts(ml100k):
   assert table["title"].nunique() == 1664
   d = datasets.load(datasets.Source(data_dir=str(ml100k)), log=None)
   assert (d.n_users, d.n_items) == (944, 1665)
-  assert (len(d.train), len(d.valid)) == (80_000, 20_000)
+  assert (d.train.size, d.valid.size) == (80_000, 20_000)
 
 
 @pytest.mark.parametrize("split, n_valid", [("u1", 20_000), ("ua", 9_430)])
 def test_official_splits(ml100k, split, n_valid):
   d = datasets.load(datasets.Source(data_dir=str(ml100k)), split=split,
                     item_name="movie", log=None)
-  assert len(d.valid) == n_valid and len(d.train) == 100_000 - n_valid
+  assert d.valid.size == n_valid and d.train.size == 100_000 - n_valid
   base = pd.read_csv(ml100k / f"{split}.base", sep="\t", header=None)
   train = d.table.iloc[d.train_rows]
   assert set(zip(base[0], base[1])) == set(zip(train["user"], train["item"]))
@@ -217,7 +217,7 @@ def test_fastai_split_file(fastai_splits, ml100k):
   path = fastai_splits / "fastai_seed42_valid.tsv"
   d = datasets.load(datasets.Source(data_dir=str(ml100k)),
                     valid_file=str(path), log=None)
-  assert (len(d.train), len(d.valid)) == (80_000, 20_000)
+  assert (d.train.size, d.valid.size) == (80_000, 20_000)
   # fastai's own report: predicting the training mean scores 1.250 here.
   mean = np.asarray(d.train.ratings).mean()
   mse = float(np.mean((np.asarray(d.valid.ratings) - mean)**2))

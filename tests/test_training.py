@@ -47,7 +47,7 @@ def test_scanned_epoch_equals_a_python_loop_of_steps(name):
   losses = []
   step = jax.jit(training.train_step)
   for rows in batches:
-    looped, metrics = step(looped, Ratings(*(x[rows] for x in data_)))
+    looped, metrics = step(looped, data_.take(rows))
     losses.append(metrics["loss"])
   scanned, scan_losses = jax.jit(training.train_epoch)(_state(name), data_,
                                                        batches)
@@ -171,7 +171,7 @@ def test_state_is_donated(tiny_data):
   state = training.create_train_state(model, optim.one_cycle_adamw(
       1e-3, 0.1, 10), jax.random.key(0))
   batches = training.epoch_batches(jax.random.key(0), 0,
-                                   len(tiny_data.train), 16)
+                                   tiny_data.train.size, 16)
   old = state.params["user_factors"]["embedding"]
   run = jax.jit(training.train_epoch, donate_argnums=0)
   new_state, _ = run(state, tiny_data.train, batches)
