@@ -24,11 +24,11 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 import jax
 
-from jaxcf import (datasets, features, io, models, plots, ranking, runinfo,
-                   sweep, tblog, trained, training)
+from jaxcf import (cli, datasets, features, io, models, plots, ranking,
+                   runinfo, sweep, tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -415,30 +415,5 @@ def run() -> dict:
   return run_sweep(replicas, data, config)
 
 
-def main(argv):
-  if not FLAGS["verbosity"].present:  # keep JAX's INFO lines out of the table
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like "
-          "--name=value")
-  try:
-    run()
-  except UserError as e:
-    _fail(str(e))
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv):
-  """absl's parsing, but a bad flag is one line on stderr and exit 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e}. See --helpfull.")
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(run)

@@ -13,12 +13,10 @@ there, an unknown user or title) ends with one line on stderr, exit 2.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 import pandas as pd
 
-from jaxcf import plots, trained
+from jaxcf import cli, plots, trained
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
@@ -84,28 +82,5 @@ def run() -> None:
     print(f"\nwrote {FLAGS.pca_png}")
 
 
-def main(argv):
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])}")
-  try:
-    run()
-  except UserError as e:
-    _fail(str(e))
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e}. See --helpfull.")
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(run)
