@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 
 from absl import flags
 import jax
 
 from jaxcf import (cli, datasets, features, io, models, plots, ranking,
-                   runinfo, sweep, tblog, trained, training)
+                   resume, runinfo, sweep, tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -102,6 +104,19 @@ flags.DEFINE_string("workdir", None,
                     "Folder for metrics.jsonl and summary.json (sweep.json "
                     "for sweeps).")
 flags.DEFINE_integer("eval_bs", 8192, "Evaluation batch size.")
+flags.DEFINE_integer("checkpoint_every", 1, "With --workdir (one run): "
+                     "checkpoint every this many epochs (and at the end); "
+                     "rerunning the command resumes from the latest.")
+flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.")
+flags.DEFINE_bool("restart", False, "Ignore checkpoints in --workdir and "
+                  "start over.")
+
+# Flags whose values a resumed run must share with the run it continues.
+RUN_FLAGS = ("model", "n_factors", "y_range", "layers", "epochs", "lr", "wd",
+             "bs", "seed", "pct_start", "div", "div_final", "sampling",
+             "split", "valid_pct", "split_seed", "valid_file", "item_name",
+             "ratings_file", "columns", "sep", "items_file", "item_columns",
+             "side", "id_dropout")
 
 FLAGS = flags.FLAGS
 
@@ -249,6 +264,34 @@ class Metrics:
         f.write(json.dumps(row) + "\n")
 
 
+class StopOnSignal:
+  """While active, SIGINT/SIGTERM ask the run to stop after this epoch."""
+
+  def __init__(self):
+    self.signum, self.name, self._old = 0, "", {}
+
+  def requested(self) -> bool:
+    return self.signum != 0
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum:  # a second signal: stop now, the default way
+      signal.signal(signum, self._old[signum])
+      signal.raise_signal(signum)
+    self.signum, self.name = signum, signal.Signals(signum).name
+    print(f"\n{self.name}: stopping after this epoch (again to stop now)",
+          file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
 def run_single(replica: sweep.Replica, data, config) -> dict:
   model = replica.create_model(data)
   config = training.TrainConfig(**{**config.__dict__, "lr": replica.lr,
@@ -269,12 +312,34 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
     if board:
       board.epoch(row)
 
-  result = training.fit(model, data, config, on_epoch=on_epoch,
-                        on_losses=board.losses if board else None)
+  checkpoints = None
+  if FLAGS.workdir:
+    directory = os.path.join(FLAGS.workdir, "checkpoints")
+    if FLAGS.restart:
+      shutil.rmtree(directory, ignore_errors=True)
+    fingerprint = {**{name: FLAGS[name].value for name in RUN_FLAGS},
+                   "n_train": data.train.size, "n_valid": data.valid.size}
+    checkpoints = resume.RunCheckpoints(directory, fingerprint,
+                                        keep=FLAGS.keep_checkpoints)
+  with StopOnSignal() as stop:
+    result = training.fit(model, data, config, on_epoch=on_epoch,
+                          on_losses=board.losses if board else None,
+                          checkpoints=checkpoints,
+                          checkpoint_every=FLAGS.checkpoint_every,
+                          stop_requested=stop.requested)
+  if result.stopped:
+    where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
+             "command to continue" if checkpoints else "nothing was saved "
+             "(no --workdir)")
+    print(f"stopped by {stop.name} after epoch {result.history[-1]['epoch']};"
+          f" {where}", file=sys.stderr)
+    sys.exit(128 + stop.signum)
   final = result.history[-1]
+  speed = (f"{result.samples_per_second:,.0f} training samples/s"
+           if result.train_seconds else "the run was already complete")
   print(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
-        f"{final['valid_rmse']:.4f}); {result.samples_per_second:,.0f} "
-        f"training samples/s, compile {result.compile_seconds:.1f}s")
+        f"{final['valid_rmse']:.4f}); {speed}, compile "
+        f"{result.compile_seconds:.1f}s")
   top = _ranking(result.state, data)
   summary = {
       "final": final, "ranking": top,

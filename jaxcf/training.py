@@ -222,6 +222,7 @@ class FitResult:
   compile_seconds: float
   train_seconds: float
   samples_per_second: float
+  stopped: bool = False  # stop_requested ended the run early
 
 
 def smooth_losses(losses: np.ndarray, start: float, count: int,
@@ -257,19 +258,35 @@ def wait_with_progress(x: jax.Array, label: str,
     bar.close(f"{time.perf_counter() - start:.1f}s")
 
 
+class Diverged(UserError):
+  """The training loss became NaN or infinite."""
+
+
 def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         on_losses: Callable[[np.ndarray], None] | None = None,
-        log: Callable[[str], None] | None = print) -> FitResult:
+        log: Callable[[str], None] | None = print,
+        checkpoints=None, checkpoint_every: int = 1,
+        stop_requested: Callable[[], bool] | None = None) -> FitResult:
   """Trains `model` on `data.train` and evaluates on `data.valid` each epoch.
 
   Args:
     model: a Flax module taking (users, items, train).
     data: from `jaxcf.data.prepare`.
     config: epochs, lr, wd, batch size, seed, schedule.
-    on_epoch: called with each epoch's metrics dict.
+    on_epoch: called with each epoch's metrics dict (after a resume, first
+      with the restored epochs' ones).
     on_losses: called with each epoch's per-step training losses [steps].
     log: where progress lines go (None: silent).
+    checkpoints: a `resume.RunCheckpoints`: the run continues after its
+      latest checkpoint, and saves one every `checkpoint_every` epochs and
+      at the end.
+    stop_requested: polled after each epoch; when it says so, the run
+      checkpoints and returns early (FitResult.stopped).
+
+  Raises:
+    Diverged: a NaN or infinite training loss; nothing of that epoch is
+      saved.
   """
   n = data.train.size
   steps = n // config.batch_size
@@ -282,31 +299,49 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model, tx, init_key,
                              model_constants(model, data))
+  say = log or (lambda _: None)
+  history, ema, ema_count, first = [], 0.0, 0, 0
+  restored = checkpoints.restore(state) if checkpoints else None
+  if restored:
+    state, done, meta = restored
+    history, (ema, ema_count), first = meta["history"], meta["ema"], done + 1
+    say(f"resuming after epoch {done} from {checkpoints.directory}")
 
   t0 = time.perf_counter()
-  batches = epoch_batches(order_key, 0, n, config.batch_size,
-                          config.sampling)
+  order = lambda epoch: epoch_batches(order_key, epoch, n, config.batch_size,
+                                      config.sampling)
+  batches = order(first)
   run_epoch = jax.jit(train_epoch, donate_argnums=0).lower(
       state, data.train, batches).compile()
   run_eval = jax.jit(evaluate, static_argnums=2).lower(
       state, data.valid, config.eval_batch_size).compile()
   compile_seconds = time.perf_counter() - t0
-  say = log or (lambda _: None)
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
       f"({steps} steps of {config.batch_size} per epoch)")
   say(f"{'epoch':<6}{'train_loss':>11}{'valid_loss':>11}{'valid_rmse':>11}"
       f"{'time':>9}")
+  for row in history:
+    _say_row(say, row)
+    if on_epoch:
+      on_epoch(row)
 
-  history, train_seconds, ema, ema_count, last = [], 0.0, 0.0, 0, None
-  for epoch in range(config.epochs):
+  train_seconds, last, stopped, trained_epochs = 0.0, None, False, 0
+  for epoch in range(first, config.epochs):
     start = time.perf_counter()
     state, losses = run_epoch(state, data.train, batches)
     if epoch + 1 < config.epochs:  # shuffle the next epoch while this runs
-      batches = epoch_batches(order_key, epoch + 1, n, config.batch_size,
-                              config.sampling)
+      batches = order(epoch + 1)
     if log:
       wait_with_progress(losses, f"epoch {epoch}", last)
     losses = np.asarray(losses)
+    if not np.isfinite(losses).all():
+      bad = int(np.argmin(np.isfinite(losses)))
+      saved = checkpoints.latest_epoch() if checkpoints else None
+      raise Diverged(
+          f"training diverged in epoch {epoch} at step {bad} of {steps} "
+          f"(loss {losses[bad]}); lower --lr (now {config.lr}). Last good "
+          "checkpoint: " + (f"after epoch {saved}" if saved is not None
+                            else "none"))
     if on_losses:
       on_losses(losses)
     train_time = time.perf_counter() - start
@@ -314,6 +349,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
                run_eval(state, data.valid).items()}
     seconds = time.perf_counter() - start
     train_seconds += train_time
+    trained_epochs += 1
     last = train_time
     ema, ema_count, smooth = smooth_losses(losses, ema, ema_count)
     row = {"epoch": epoch, "train_loss": float(losses.mean()),
@@ -321,12 +357,24 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
            "valid_rmse": metrics["rmse"], "valid_mae": metrics["mae"],
            "lr_end": float(state.opt_state.lr), "seconds": seconds}
     history.append(row)
-    say(f"{epoch:<6}{row['train_loss']:>11.6f}{row['valid_loss']:>11.6f}"
-        f"{row['valid_rmse']:>11.6f}{seconds:>8.2f}s")
+    _say_row(say, row)
     if on_epoch:
       on_epoch(row)
-  samples = steps * config.batch_size * config.epochs
+    stopped = bool(stop_requested and stop_requested())
+    if checkpoints and (stopped or epoch + 1 == config.epochs
+                        or (epoch + 1) % checkpoint_every == 0):
+      checkpoints.save(epoch, state, {"history": history,
+                                      "ema": [ema, ema_count]})
+    if stopped:
+      break
+  samples = steps * config.batch_size * trained_epochs
   return FitResult(state=state, history=history,
                    compile_seconds=compile_seconds,
                    train_seconds=train_seconds,
-                   samples_per_second=samples / max(train_seconds, 1e-9))
+                   samples_per_second=samples / max(train_seconds, 1e-9),
+                   stopped=stopped)
+
+
+def _say_row(say, row) -> None:
+  say(f"{row['epoch']:<6}{row['train_loss']:>11.6f}{row['valid_loss']:>11.6f}"
+      f"{row['valid_rmse']:>11.6f}{row['seconds']:>8.2f}s")
