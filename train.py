@@ -87,6 +87,10 @@ flags.DEFINE_string("columns", None,
 flags.DEFINE_string("sep", None, "Ratings file separator (default: guessed).")
 flags.DEFINE_string("items_file", None, "Items file with titles.")
 flags.DEFINE_string("item_columns", "0,1", "Items file columns ID,TITLE.")
+flags.DEFINE_string("duplicates", "error", "Repeated (user, item) ratings: "
+                    "error, keep_last (in file order) or mean.")
+flags.DEFINE_bool("clip_ratings", False, "Clip ratings outside --y_range "
+                  "into it (with a warning) instead of stopping.")
 flags.DEFINE_bool("ensemble", False,
                   "Average the replicas' predictions and report the "
                   "ensemble's validation MSE.")
@@ -116,7 +120,7 @@ RUN_FLAGS = ("model", "n_factors", "y_range", "layers", "epochs", "lr", "wd",
              "bs", "seed", "pct_start", "div", "div_final", "sampling",
              "split", "valid_pct", "split_seed", "valid_file", "item_name",
              "ratings_file", "columns", "sep", "items_file", "item_columns",
-             "side", "id_dropout")
+             "side", "id_dropout", "duplicates", "clip_ratings")
 
 FLAGS = flags.FLAGS
 
@@ -205,7 +209,7 @@ def config_from_flags() -> training.TrainConfig:
       eval_batch_size=FLAGS.eval_bs)
 
 
-def load_data(split_seed: int):
+def load_data(split_seed: int, y_ranges=()):
   if FLAGS.valid_file and FLAGS["split"].present:
     raise UserError("--valid_file and --split both choose the validation "
                     "rows; give one")
@@ -223,7 +227,9 @@ def load_data(split_seed: int):
     split_seed = FLAGS.split_seed
   return datasets.load(source, item_name=item_name, split=FLAGS.split,
                        valid_pct=FLAGS.valid_pct, seed=split_seed,
-                       valid_file=FLAGS.valid_file)
+                       valid_file=FLAGS.valid_file,
+                       duplicates=FLAGS.duplicates, y_ranges=y_ranges,
+                       clip=FLAGS.clip_ratings)
 
 
 def _write_json(path: str, obj) -> None:
@@ -465,7 +471,8 @@ def run() -> dict:
   if FLAGS.ensemble_top < 0:
     raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
                     "or a positive count")
-  data = load_data(split_seed=replicas[0].seed)
+  data = load_data(split_seed=replicas[0].seed,
+                   y_ranges={r.y_range for r in replicas})
   if any(r.model == "side_nn" for r in replicas):
     if data.folder is None:
       raise UserError("--model=side_nn uses MovieLens 100k's side "

@@ -116,6 +116,64 @@ class CollabData:
     return len(self.items)
 
 
+DUPLICATES = ("error", "keep_last", "mean")
+
+
+def resolve_duplicates(table: pd.DataFrame, how: str = "error",
+                       source: str = "the ratings"
+                       ) -> tuple[pd.DataFrame, int]:
+  """Handles (user, item id) pairs rated more than once.
+
+  how: 'error' refuses them (naming how many and an example), 'keep_last'
+  keeps the last in file order, 'mean' averages their ratings (keeping the
+  latest timestamp). Returns (table, number of rows removed).
+  """
+  if how not in DUPLICATES:
+    raise UserError(f"--duplicates={how} must be one of "
+                    f"{', '.join(DUPLICATES)}")
+  dup = table.duplicated(["user", "item"], keep="last").to_numpy()
+  if not dup.any():
+    return table, 0
+  count = int(dup.sum())
+  if how == "error":
+    first = table.loc[dup, ["user", "item"]].iloc[0]
+    raise UserError(
+        f"{source}: {count} rating(s) repeat an earlier (user, item) pair, "
+        f"e.g. {io.show((first['user'], first['item']))}; pass "
+        "--duplicates=keep_last or --duplicates=mean")
+  if how == "keep_last":
+    return table[~dup].reset_index(drop=True), count
+  grouped = table.groupby(["user", "item"], sort=False)
+  merged = grouped.agg({c: ("mean" if c == "rating" else "max" if
+                            c == "timestamp" else "first")
+                        for c in table.columns if c not in ("user", "item")})
+  merged = merged.reset_index()[list(table.columns)]
+  merged["rating"] = merged["rating"].astype(np.float32)
+  return merged, count
+
+
+def check_range(table: pd.DataFrame, y_range, clip: bool = False
+                ) -> tuple[pd.DataFrame, int]:
+  """Ratings outside y_range = (low, high): an error, or clipped if `clip`.
+
+  Returns (table, number of ratings clipped).
+  """
+  if y_range is None:
+    return table, 0
+  low, high = y_range
+  r = table["rating"].to_numpy()
+  out = (r < low) | (r > high)
+  if not out.any():
+    return table, 0
+  if not clip:
+    raise UserError(
+        f"{int(out.sum())} rating(s) lie outside --y_range={low:g},{high:g} "
+        f"(from {r.min():g} to {r.max():g}); widen --y_range or pass "
+        "--clip_ratings")
+  return table.assign(rating=np.clip(r, low, high).astype(np.float32)), int(
+      out.sum())
+
+
 def random_split(n: int, valid_pct: float, seed: int
                  ) -> tuple[np.ndarray, np.ndarray]:
   """fastai's RandomSplitter: shuffle all rows, the first valid_pct are valid.

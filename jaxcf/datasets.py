@@ -59,7 +59,8 @@ def read_table(source: Source):
 
 def load(source: Source = Source(), *, item_name: str = "title",
          split: str = "random", valid_pct: float = 0.2, seed: int = 42,
-         valid_file: str | None = None, log=print) -> data.CollabData:
+         valid_file: str | None = None, duplicates: str = "error",
+         y_ranges=(), clip: bool = False, log=print) -> data.CollabData:
   """Reads, splits and encodes ratings; puts them on the device.
 
   Args:
@@ -70,12 +71,30 @@ def load(source: Source = Source(), *, item_name: str = "title",
     valid_pct, seed: the random split's validation share and seed.
     valid_file: a TSV/CSV of validation (user, item id) pairs; overrides
       `split`.
-    log: where the one-line summary goes (None: silent).
+    duplicates: what to do with repeated (user, item id) pairs: 'error',
+      'keep_last' or 'mean' (see `data.resolve_duplicates`).
+    y_ranges: the models' (low, high) ranges: ratings outside any of them
+      are an error, or clipped into the narrowest with `clip`.
+    log: where the summary lines go (None: silent).
   """
   item_key = {"title": "title", "movie": "item", "item": "item"}.get(item_name)
   if item_key is None:
     raise UserError(f"--item_name={item_name} must be 'title' or 'movie'")
   table, where, folder = read_table(source)
+  say = log or (lambda _: None)
+  table, removed = data.resolve_duplicates(table, duplicates, where)
+  if removed:
+    say(f"{removed:,} repeated (user, item) rating(s) resolved by "
+        f"--duplicates={duplicates}")
+  ranges = [r for r in y_ranges if r is not None]
+  if ranges:
+    narrowest = (max(r[0] for r in ranges), min(r[1] for r in ranges))
+    if narrowest[0] >= narrowest[1]:
+      raise UserError("the --y_range values share no common range")
+    table, clipped = data.check_range(table, narrowest, clip)
+    if clipped:
+      say(f"warning: {clipped:,} rating(s) clipped into "
+          f"[{narrowest[0]:g}, {narrowest[1]:g}] (--clip_ratings)")
   if item_key == "title" and "title" not in table:
     raise UserError("--item_name=title needs titles: pass --items_file (with "
                     "--item_columns=ID,TITLE) or use --item_name=movie")

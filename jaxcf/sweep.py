@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -111,22 +110,10 @@ class SweepResult:
                   key=lambda i: self.results[i].valid_loss)
 
 
-def replica_bytes(model, data: CollabData, batch_size: int) -> int:
-  """Device bytes one replica needs while training, roughly: weights, Adam's
-  two moments, gradients and updates (5 copies), plus its epoch's indices."""
-  n_params = models.count_params(model)
-  steps = data.train.size // batch_size
-  return 4 * (5 * n_params + steps * batch_size)
-
-
 def auto_chunk(model, data: CollabData, batch_size: int, n: int) -> int:
   """How many replicas to compile together: what fits in half the memory."""
-  device = jax.devices()[0]
-  try:
-    available = device.memory_stats()["bytes_limit"]
-  except (AttributeError, KeyError, TypeError, NotImplementedError):
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  fit = (available // 2) // max(1, replica_bytes(model, data, batch_size))
+  per_replica = training.train_bytes(model, data, batch_size)
+  fit = (training.available_bytes() // 2) // max(1, per_replica)
   return int(max(1, min(n, fit)))
 
 
@@ -180,6 +167,7 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
   """Trains replicas of one shape together; returns (results, compile
   seconds, train seconds). on_epoch(index in chunk, row) sees every row."""
   model = replicas[0].create_model(data)
+  training.check_memory(model, data, config.batch_size, len(replicas))
   n = data.train.size
   steps = n // config.batch_size
   if steps == 0:

@@ -9,6 +9,7 @@ derived from the seed: one for initialisation, one for the data order.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -258,6 +259,41 @@ def wait_with_progress(x: jax.Array, label: str,
     bar.close(f"{time.perf_counter() - start:.1f}s")
 
 
+def train_bytes(model: nn.Module, data: CollabData, batch_size: int) -> int:
+  """Device bytes one run needs, roughly: weights, Adam's two moments,
+  gradients and updates (5 float32 copies of the parameters), the ratings
+  on the device and an epoch's batch indices."""
+  n_params = models.count_params(model)
+  rows = data.train.size + data.valid.size
+  per_row = 4 * (3 + (data.train.times is not None))
+  return 4 * 5 * n_params + per_row * rows + 4 * data.train.size
+
+
+def available_bytes(device=None) -> int:
+  """Free memory of the device (its allocator's limit on accelerators, the
+  host's available memory on the CPU)."""
+  device = device or jax.devices()[0]
+  try:
+    return int(device.memory_stats()["bytes_limit"])
+  except (AttributeError, KeyError, TypeError, NotImplementedError):
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(model: nn.Module, data: CollabData, batch_size: int,
+                 replicas: int = 1) -> None:
+  """Refuses, with the numbers, a run that will not fit on the device."""
+  need = replicas * train_bytes(model, data, batch_size)
+  have = available_bytes()
+  if need > have:
+    raise UserError(
+        f"training needs about {need / 2**30:.1f} GiB on the device "
+        f"({models.count_params(model):,} parameters x 5 float32 copies for "
+        f"weights, Adam moments, gradients and updates, plus "
+        f"{data.train.size + data.valid.size:,} ratings) but only "
+        f"{have / 2**30:.1f} GiB is free; use a smaller --n_factors or "
+        "--layers, fewer replicas (--chunk), or less data")
+
+
 class Diverged(UserError):
   """The training loss became NaN or infinite."""
 
@@ -296,6 +332,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   tx = optim.one_cycle_adamw(
       config.lr, config.wd, steps * config.epochs, pct_start=config.pct_start,
       div=config.div, div_final=config.div_final, moms=config.moms)
+  check_memory(model, data, config.batch_size)
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model, tx, init_key,
                              model_constants(model, data))

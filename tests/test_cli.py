@@ -74,6 +74,8 @@ def _bad_files(tmp_path):
          "short.tsv": "1\t2\t4\n1\t3\n",
          "empty.tsv": "",
          "pairs.tsv": "user\tmovie\n999\t1\n",
+         "dups.tsv": "1\t2\t4\n2\t2\t3\n1\t2\t5\n",
+         "high.tsv": "1\t2\t4\n2\t2\t7\n",
          "good.tsv": "".join(f"{u}\t{i}\t{(u + i) % 5 + 1}\n"
                              for u in range(1, 6) for i in range(1, 6))}
   for name, text in bad.items():
@@ -121,6 +123,10 @@ ERROR_CASES = [
      "not available for --ratings_file"),
     (["--model=side_nn", "--side=user,weather"], "unknown ['weather']"),
     (["--id_dropout=1.5"], "must lie in [0, 1)"),
+    (["--ratings_file={tmp}/dups.tsv"], "1 rating(s) repeat an earlier"),
+    (["--ratings_file={tmp}/dups.tsv", "--duplicates=first"],
+     "--duplicates=first must be one of"),
+    (["--ratings_file={tmp}/high.tsv"], "lie outside --y_range=0,5.5"),
 ]
 
 

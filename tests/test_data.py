@@ -222,3 +222,51 @@ def test_fastai_split_file(fastai_splits, ml100k):
   mean = np.asarray(d.train.ratings).mean()
   mse = float(np.mean((np.asarray(d.valid.ratings) - mean)**2))
   assert mse == pytest.approx(1.250, abs=5e-4)
+
+
+# Duplicates and ranges --------------------------------------------------------
+
+def _dups():
+  return pd.DataFrame({"user": [1, 1, 2, 1], "item": [10, 20, 10, 10],
+                       "rating": np.float32([4, 3, 5, 2]),
+                       "timestamp": [1, 2, 3, 9]})
+
+
+def test_duplicates_are_refused_by_default():
+  with pytest.raises(UserError, match=r"1 rating\(s\) repeat .*\(1, 10\)"):
+    data.resolve_duplicates(_dups(), "error", "r.csv")
+  with pytest.raises(UserError, match="--duplicates=sometimes"):
+    data.resolve_duplicates(_dups(), "sometimes")
+
+
+def test_duplicates_keep_last_or_mean():
+  last, n = data.resolve_duplicates(_dups(), "keep_last")
+  assert n == 1 and len(last) == 3
+  assert last.set_index(["user", "item"]).loc[(1, 10), "rating"] == 2
+  mean, n = data.resolve_duplicates(_dups(), "mean")
+  row = mean.set_index(["user", "item"]).loc[(1, 10)]
+  assert n == 1 and len(mean) == 3
+  assert row["rating"] == 3.0 and row["timestamp"] == 9
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4),
+                          st.integers(1, 5)), min_size=1, max_size=30))
+def test_resolving_duplicates_leaves_one_row_per_pair(rows):
+  table = pd.DataFrame(rows, columns=["user", "item", "rating"])
+  for how in ("keep_last", "mean"):
+    out, removed = data.resolve_duplicates(table, how)
+    pairs = set(zip(table["user"], table["item"]))
+    assert len(out) == len(pairs) and removed == len(table) - len(pairs)
+    assert set(zip(out["user"], out["item"])) == pairs
+
+
+def test_ratings_outside_the_range():
+  table = pd.DataFrame({"user": [1, 2, 3], "item": [1, 1, 1],
+                        "rating": np.float32([0.5, 3, 6])})
+  with pytest.raises(UserError, match=r"2 rating\(s\) lie outside "
+                     r"--y_range=1,5 \(from 0.5 to 6\)"):
+    data.check_range(table, (1.0, 5.0))
+  clipped, n = data.check_range(table, (1.0, 5.0), clip=True)
+  assert n == 2 and list(clipped["rating"]) == [1, 3, 5]
+  assert data.check_range(table, None)[1] == 0

@@ -109,7 +109,7 @@ def test_sweep_errors(tiny_data):
 def test_auto_chunk_bounds(tiny_data):
   model = sweep.Replica().create_model(tiny_data)
   assert 1 <= sweep.auto_chunk(model, tiny_data, 16, 50) <= 50
-  bytes_ = sweep.replica_bytes(model, tiny_data, 16)
+  bytes_ = training.train_bytes(model, tiny_data, 16)
   assert bytes_ > 5 * 4 * (tiny_data.n_users + tiny_data.n_items) * 50
 
 

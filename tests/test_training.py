@@ -177,3 +177,12 @@ def test_state_is_donated(tiny_data):
   new_state, _ = run(state, tiny_data.train, batches)
   jax.block_until_ready(new_state)
   assert old.is_deleted()
+
+
+def test_a_model_too_big_for_memory_is_refused(tiny_data):
+  huge = models.create("dot_bias", 10**9, 10**6, n_factors=64)
+  with pytest.raises(UserError, match=r"training needs about .* GiB .*"
+                     r"65,065,000,000 parameters"):
+    training.fit(huge, tiny_data, training.TrainConfig(epochs=1,
+                                                       batch_size=16),
+                 log=None)
