@@ -66,6 +66,10 @@ flags.DEFINE_string("sampling", "shuffle",
                     "shuffle: every training row once per epoch. "
                     "replacement: draw rows with replacement, as fastai 2.8's "
                     "tabular loader does.")
+flags.DEFINE_string("optimizer", "adamw",
+                    "adamw: fastai's dense AdamW. lazy_adamw / "
+                    "rowwise_adagrad: update only the embedding rows a batch "
+                    "uses (fast with large tables; see jaxcf/sparse.py).")
 flags.DEFINE_string("split", "random",
                     "random, or an official MovieLens split: u1..u5, ua, ub.")
 flags.DEFINE_float("valid_pct", 0.2, "Validation share of --split=random.")
@@ -120,7 +124,7 @@ RUN_FLAGS = ("model", "n_factors", "y_range", "layers", "epochs", "lr", "wd",
              "bs", "seed", "pct_start", "div", "div_final", "sampling",
              "split", "valid_pct", "split_seed", "valid_file", "item_name",
              "ratings_file", "columns", "sep", "items_file", "item_columns",
-             "side", "id_dropout", "duplicates", "clip_ratings")
+             "side", "id_dropout", "duplicates", "clip_ratings", "optimizer")
 
 FLAGS = flags.FLAGS
 
@@ -200,13 +204,16 @@ def config_from_flags() -> training.TrainConfig:
   if not 0 < FLAGS.pct_start < 1:
     raise UserError(f"--pct_start={FLAGS.pct_start} must lie strictly "
                     "between 0 and 1")
+  if FLAGS.optimizer not in training.OPTIMIZERS:
+    raise UserError(f"--optimizer={FLAGS.optimizer} must be one of "
+                    f"{', '.join(training.OPTIMIZERS)}")
   if FLAGS.sampling not in training.SAMPLINGS:
     raise UserError(f"--sampling={FLAGS.sampling} must be one of "
                     f"{', '.join(training.SAMPLINGS)}")
   return training.TrainConfig(
       epochs=FLAGS.epochs, batch_size=FLAGS.bs, pct_start=FLAGS.pct_start,
       div=FLAGS.div, div_final=FLAGS.div_final, sampling=FLAGS.sampling,
-      eval_batch_size=FLAGS.eval_bs)
+      optimizer=FLAGS.optimizer, eval_batch_size=FLAGS.eval_bs)
 
 
 def load_data(split_seed: int, y_ranges=()):

@@ -173,9 +173,7 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
   if steps == 0:
     raise UserError(f"--bs={config.batch_size} is larger than the {n} "
                     "training rows; use a smaller batch size")
-  tx = optim.one_cycle_adamw(
-      1.0, 0.0, steps * config.epochs, pct_start=config.pct_start,
-      div=config.div, div_final=config.div_final, moms=config.moms)
+  tx = training.make_optimizer(model, config, steps * config.epochs)
   state = init_replicas(model, tx, replicas,
                         training.model_constants(model, data))
   keys = _order_keys(replicas)

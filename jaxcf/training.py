@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import models, optim
+from jaxcf import models, optim, sparse
 from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
@@ -90,7 +90,13 @@ def predict(state: TrainState, users: jax.Array, items: jax.Array,
 
 def train_step(state: TrainState, batch: Ratings
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on the mean squared error of a batch."""
+  """One optimiser step on the mean squared error of a batch.
+
+  A row-wise optimiser (`jaxcf.sparse`) brings its own step.
+  """
+  step_fn = getattr(state.tx, "step_fn", None)
+  if step_fn is not None:
+    return step_fn(state, batch)
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
@@ -208,6 +214,7 @@ class TrainConfig:
   div_final: float = 1e5
   moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
   sampling: str = "shuffle"  # or "replacement", see `epoch_batches`
+  optimizer: str = "adamw"  # or "lazy_adamw", "rowwise_adagrad" (sparse)
   eval_batch_size: int = 8192
 
 
@@ -294,6 +301,27 @@ def check_memory(model: nn.Module, data: CollabData, batch_size: int,
         "--layers, fewer replicas (--chunk), or less data")
 
 
+OPTIMIZERS = ("adamw",) + sparse.KINDS
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
+  """fastai's dense AdamW, or a row-wise optimiser, under the one cycle."""
+  if config.optimizer == "adamw":
+    return optim.one_cycle_adamw(
+        config.lr, config.wd, total_steps, pct_start=config.pct_start,
+        div=config.div, div_final=config.div_final, moms=config.moms)
+  if config.optimizer not in OPTIMIZERS:
+    raise UserError(f"--optimizer={config.optimizer} must be one of "
+                    f"{', '.join(OPTIMIZERS)}")
+  if not sparse.supports(model):
+    raise UserError(f"--optimizer={config.optimizer} works with dot, "
+                    "dot_bias, collab_nn and embedding_nn, not side_nn")
+  return sparse.SparseOptimizer(
+      config.optimizer, total_steps, peak_lr=config.lr,
+      weight_decay=config.wd, pct_start=config.pct_start, div=config.div,
+      div_final=config.div_final, moms=tuple(config.moms))
+
+
 class Diverged(UserError):
   """The training loss became NaN or infinite."""
 
@@ -329,9 +357,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   if steps == 0:
     raise UserError(f"--bs={config.batch_size} is larger than the "
                     f"{n} training rows; use a smaller batch size")
-  tx = optim.one_cycle_adamw(
-      config.lr, config.wd, steps * config.epochs, pct_start=config.pct_start,
-      div=config.div, div_final=config.div_final, moms=config.moms)
+  tx = make_optimizer(model, config, steps * config.epochs)
   check_memory(model, data, config.batch_size)
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model, tx, init_key,
