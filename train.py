@@ -30,7 +30,7 @@ from absl import flags
 import jax
 
 from jaxcf import (cli, datasets, features, io, models, plots, ranking,
-                   resume, runinfo, sweep, tblog, trained, training)
+                   resume, runinfo, sharding, sweep, tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -70,6 +70,9 @@ flags.DEFINE_string("optimizer", "adamw",
                     "adamw: fastai's dense AdamW. lazy_adamw / "
                     "rowwise_adagrad: update only the embedding rows a batch "
                     "uses (fast with large tables; see jaxcf/sparse.py).")
+flags.DEFINE_string("mesh", None, "Train over a device mesh, e.g. "
+                    "data:4,model:2: batches split over data, user/item "
+                    "tables by rows over model (one run, not side_nn).")
 flags.DEFINE_string("split", "random",
                     "random, or an official MovieLens split: u1..u5, ua, ub.")
 flags.DEFINE_float("valid_pct", 0.2, "Validation share of --split=random.")
@@ -306,7 +309,8 @@ class StopOnSignal:
 
 
 def run_single(replica: sweep.Replica, data, config) -> dict:
-  model = replica.create_model(data)
+  mesh = sharding.make_mesh(FLAGS.mesh) if FLAGS.mesh else None
+  model = replica.create_model(data, mesh)
   config = training.TrainConfig(**{**config.__dict__, "lr": replica.lr,
                                    "wd": replica.wd, "seed": replica.seed})
   device = jax.devices()[0]
@@ -339,7 +343,7 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
                           on_losses=board.losses if board else None,
                           checkpoints=checkpoints,
                           checkpoint_every=FLAGS.checkpoint_every,
-                          stop_requested=stop.requested)
+                          stop_requested=stop.requested, mesh=mesh)
   if result.stopped:
     where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
              "command to continue" if checkpoints else "nothing was saved "
@@ -489,8 +493,9 @@ def run() -> dict:
     print(f"side information: {', '.join(kinds)}")
   if len(replicas) == 1 and not FLAGS.ensemble:
     return run_single(replicas[0], data, config)
-  if FLAGS.tensorboard:
-    raise UserError("--tensorboard records one run; drop it for sweeps")
+  for name in ("tensorboard", "mesh"):
+    if FLAGS[name].value:
+      raise UserError(f"--{name} applies to one run; drop it for sweeps")
   return run_sweep(replicas, data, config)
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import models, optim, training
+from jaxcf import models, sharding, training
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -52,13 +52,18 @@ class Replica:
     out["y_range"] = list(self.y_range) if self.y_range else None
     return out
 
-  def create_model(self, data: CollabData):
+  def create_model(self, data: CollabData, mesh=None):
+    """The module for `data`; with a mesh, tables padded for its 'model'
+    axis (see `jaxcf.sharding`)."""
     side = {}
     if self.model == "side_nn":
       if data.side is None:
         raise UserError("--model=side_nn needs side features (--side)")
       side = {**data.side.spec, "id_dropout": self.id_dropout}
-    return models.create(self.model, data.n_users, data.n_items,
+    if mesh is not None and side:
+      raise UserError("--mesh does not support side_nn yet")
+    return models.create(self.model, sharding.pad_rows(data.n_users, mesh),
+                         sharding.pad_rows(data.n_items, mesh),
                          n_factors=self.n_factors, y_range=self.y_range,
                          layers=self.layers, **side)
 

@@ -99,6 +99,11 @@ class TrainedModel:
     replica: anything with model, n_factors, y_range and layers attributes
     (a `sweep.Replica`).
     """
+    params = {k: ({"embedding": v["embedding"][:len(data.users if
+                                                      k.startswith("user")
+                                                      else data.items)]}
+                  if k.startswith(("user_", "item_")) and "embedding" in v
+                  else v) for k, v in params.items()}  # drop --mesh padding
     spec = {"model": replica.model, "n_factors": replica.n_factors,
             "y_range": list(replica.y_range) if replica.y_range else None,
             "layers": list(replica.layers) if replica.layers else None}

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import models, optim, sparse
+from jaxcf import models, optim, sharding, sparse
 from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
@@ -331,7 +331,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_losses: Callable[[np.ndarray], None] | None = None,
         log: Callable[[str], None] | None = print,
         checkpoints=None, checkpoint_every: int = 1,
-        stop_requested: Callable[[], bool] | None = None) -> FitResult:
+        stop_requested: Callable[[], bool] | None = None,
+        mesh=None) -> FitResult:
   """Trains `model` on `data.train` and evaluates on `data.valid` each epoch.
 
   Args:
@@ -347,6 +348,9 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
       at the end.
     stop_requested: polled after each epoch; when it says so, the run
       checkpoints and returns early (FitResult.stopped).
+    mesh: a `jax.sharding.Mesh` with axes ('data', 'model') to train over
+      (see `jaxcf.sharding`); the model's tables must have been created with
+      `sharding.pad_rows` rows.
 
   Raises:
     Diverged: a NaN or infinite training loss; nothing of that epoch is
@@ -373,11 +377,23 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   t0 = time.perf_counter()
   order = lambda epoch: epoch_batches(order_key, epoch, n, config.batch_size,
                                       config.sampling)
+  train, valid, out_shardings = data.train, data.valid, None
+  if mesh is not None:
+    sharding.check_batch(config.batch_size, mesh)
+    shardings = sharding.state_sharding(state, mesh,
+                                        (model.n_users, model.n_items))
+    state = jax.device_put(state, shardings)
+    train, valid = jax.device_put((train, valid), sharding.replicated(mesh))
+    out_shardings = (shardings, sharding.replicated(mesh))
+    plain_order = order
+    order = lambda epoch: jax.device_put(plain_order(epoch),
+                                         sharding.batch_sharding(mesh))
   batches = order(first)
-  run_epoch = jax.jit(train_epoch, donate_argnums=0).lower(
-      state, data.train, batches).compile()
+  run_epoch = jax.jit(train_epoch, donate_argnums=0,
+                      out_shardings=out_shardings).lower(
+                          state, train, batches).compile()
   run_eval = jax.jit(evaluate, static_argnums=2).lower(
-      state, data.valid, config.eval_batch_size).compile()
+      state, valid, config.eval_batch_size).compile()
   compile_seconds = time.perf_counter() - t0
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
       f"({steps} steps of {config.batch_size} per epoch)")
@@ -391,7 +407,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   train_seconds, last, stopped, trained_epochs = 0.0, None, False, 0
   for epoch in range(first, config.epochs):
     start = time.perf_counter()
-    state, losses = run_epoch(state, data.train, batches)
+    state, losses = run_epoch(state, train, batches)
     if epoch + 1 < config.epochs:  # shuffle the next epoch while this runs
       batches = order(epoch + 1)
     if log:
@@ -408,8 +424,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     if on_losses:
       on_losses(losses)
     train_time = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in
-               run_eval(state, data.valid).items()}
+    metrics = {k: float(v) for k, v in run_eval(state, valid).items()}
     seconds = time.perf_counter() - start
     train_seconds += train_time
     trained_epochs += 1
