@@ -118,3 +118,35 @@ def test_sweep_with_a_row_optimizer_equals_solo(tmp_path):
                       log=None)
   np.testing.assert_allclose(result.results[3].valid_loss,
                              solo.history[-1]["valid_loss"], rtol=1e-5)
+
+
+def test_synthetic_data_and_cli(tmp_path):
+  from jaxcf import synthetic
+  d = synthetic.generate(300, 50, 20_000, seed=3, log=None)
+  assert (d.train.size, d.valid.size) == (19_800, 200)
+  users, items = np.asarray(d.train.users), np.asarray(d.train.items)
+  assert users.min() >= 1 and users.max() <= 300
+  assert items.min() >= 1 and items.max() <= 50
+  counts = np.bincount(items, minlength=51)[1:]
+  assert counts[:10].sum() > 2 * counts[-10:].sum()  # popular items
+  r = np.asarray(d.train.ratings)
+  assert 1 <= r.min() and r.max() <= 5
+  again = synthetic.generate(300, 50, 20_000, seed=3, chunk=7_000, log=None)
+  # Chunks change the stream, not the model: both learnable, same shape.
+  assert again.train.size == d.train.size
+  result = training.fit(sweep.Replica(n_factors=8).create_model(d), d,
+                        training.TrainConfig(epochs=3, batch_size=256,
+                                             optimizer="lazy_adamw", lr=1e-2),
+                        log=None)
+  baseline = float(np.var(np.asarray(d.valid.ratings)))
+  assert result.history[-1]["valid_loss"] < 0.8 * baseline
+  import subprocess, sys, os
+  from tests.conftest import REPO
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "train.py"), "--dataset=synthetic",
+       "--n_users=200", "--n_items=40", "--n_ratings=5000", "--bs=256",
+       "--epochs=1", "--optimizer=rowwise_adagrad", "--lr=0.1"],
+      capture_output=True, text=True, env={**os.environ,
+                                           "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr
+  assert "generated 5,000 synthetic ratings" in proc.stdout
