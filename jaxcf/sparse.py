@@ -40,7 +40,8 @@ class SparseOptState(NamedTuple):
   lr: jax.Array
   b1: jax.Array
   dense: Any  # optim.one_cycle_adamw state of the non-table parameters
-  rows: dict  # table name -> (m, v) for lazy_adamw, (accumulator,) else
+  rows: dict  # table name -> moments [n, 2, f] (lazy_adamw: m and v side by
+  # side, one gather and one scatter per step) or accumulator [n]
 
 
 def _split(params):
@@ -76,10 +77,10 @@ class SparseOptimizer(NamedTuple):
     peak_lr, weight_decay = self.peak_lr, self.weight_decay
     rows, dense = _split(params)
     if self.kind == "lazy_adamw":
-      slots = {k: (jnp.zeros_like(t), jnp.zeros_like(t))
+      slots = {k: jnp.zeros((t.shape[0], 2, *t.shape[1:]), t.dtype)
                for k, t in rows.items()}
     else:
-      slots = {k: (jnp.zeros(t.shape[0], t.dtype),) for k, t in rows.items()}
+      slots = {k: jnp.zeros(t.shape[0], t.dtype) for k, t in rows.items()}
     dense_state = self._dense().init(dense)
     dense_state = dense_state._replace(
         peak_lr=jnp.asarray(peak_lr, jnp.float32),
@@ -126,21 +127,20 @@ class SparseOptimizer(NamedTuple):
       ids = index[ROW_TABLES[k]][0]
       p = small[k] * (1 - lr * opt.weight_decay)
       g = g_rows[k]
+      slots = opt.rows[k]
       if self.kind == "lazy_adamw":
-        m, v = (s.at[ids].get(mode="fill", fill_value=0)
-                for s in opt.rows[k])
-        m = b1 * m + (1 - b1) * g
-        v = self.b2 * v + (1 - self.b2) * g * g
+        mv = slots.at[ids].get(mode="fill", fill_value=0)
+        m = b1 * mv[:, 0] + (1 - b1) * g
+        v = self.b2 * mv[:, 1] + (1 - self.b2) * g * g
         p = p - lr / (1 - b1**t) * m / (jnp.sqrt(v / (1 - self.b2**t)) +
                                         self.eps)
-        new_slots[k] = tuple(s.at[ids].set(x, mode="drop")
-                             for s, x in zip(opt.rows[k], (m, v)))
+        new_slots[k] = slots.at[ids].set(jnp.stack([m, v], axis=1),
+                                         mode="drop")
       else:
-        (acc,) = opt.rows[k]
-        a = acc.at[ids].get(mode="fill", fill_value=0) + jnp.mean(
+        a = slots.at[ids].get(mode="fill", fill_value=0) + jnp.mean(
             g * g, axis=1)
         p = p - lr * g / (jnp.sqrt(a)[:, None] + self.adagrad_eps)
-        new_slots[k] = (acc.at[ids].set(a, mode="drop"),)
+        new_slots[k] = slots.at[ids].set(a, mode="drop")
       new_rows[k] = {"embedding": table.at[ids].set(p, mode="drop")}
     dense_state = opt.dense
     if dense:
@@ -157,10 +157,27 @@ class SparseOptimizer(NamedTuple):
 
 
 def _distinct(ids: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-  """(distinct ids padded with n, position of each id among them)."""
-  distinct, inverse = jnp.unique(ids, size=ids.shape[0], fill_value=n,
-                                 return_inverse=True)
-  return distinct, inverse.reshape(ids.shape)
+  """(distinct ids, sorted and padded with n; the slot of each id).
+
+  Sorting is most of the cost. When an id and a batch position fit in 32
+  bits together, one single-operand sort of packed keys does it, ~4x faster
+  on XLA:CPU than the two-operand sort `jnp.unique` uses.
+  """
+  size = ids.shape[0]
+  bits = max(1, (size - 1).bit_length())
+  if n >= 2**(32 - bits):
+    distinct, inverse = jnp.unique(ids, size=size, fill_value=n,
+                                   return_inverse=True)
+    return distinct, inverse.reshape(ids.shape)
+  keys = (ids.astype(jnp.uint32) << bits) | jnp.arange(size, dtype=jnp.uint32)
+  keys = jax.lax.sort(keys)
+  sorted_ids = (keys >> bits).astype(jnp.int32)
+  position = (keys & (2**bits - 1)).astype(jnp.int32)
+  first = jnp.concatenate([jnp.ones(1, bool), sorted_ids[1:] != sorted_ids[:-1]])
+  slot = jnp.cumsum(first, dtype=jnp.int32) - 1
+  inverse = jnp.zeros(size, jnp.int32).at[position].set(slot)
+  distinct = jnp.full(size, n, jnp.int32).at[slot].set(sorted_ids)
+  return distinct, inverse
 
 
 def _resized(module, rows: int):

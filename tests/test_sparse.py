@@ -150,3 +150,14 @@ def test_synthetic_data_and_cli(tmp_path):
                                            "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr
   assert "generated 5,000 synthetic ratings" in proc.stdout
+
+
+@pytest.mark.parametrize("n", [10, 600_000])  # packed keys, and jnp.unique
+def test_distinct_ids(n):
+  rng = np.random.default_rng(n)
+  ids = jnp.asarray(rng.integers(0, min(n, 50), 64), jnp.int32)
+  distinct, slot = sparse._distinct(ids, n)
+  want = np.unique(np.asarray(ids))
+  np.testing.assert_array_equal(distinct[:len(want)], want)
+  assert (np.asarray(distinct[len(want):]) == n).all()
+  np.testing.assert_array_equal(np.asarray(distinct)[np.asarray(slot)], ids)
