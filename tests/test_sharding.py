@@ -31,8 +31,9 @@ SCRIPT = textwrap.dedent("""
         "many": [h["valid_loss"] for h in many.history],
         "table_spec": str(table.sharding.spec),
         "table_shards": sorted({s.data.shape[0] for s in table.addressable_shards}),
-        "moments_sharded": any(str(getattr(x.sharding, "spec", "")) == "P('model', None)"
-                               for x in mu if getattr(x, "ndim", 0) == 2),
+        "moments_sharded": any(
+            str(getattr(x.sharding, "spec", "")).startswith("P('model'")
+            for x in mu if getattr(x, "ndim", 0) >= 2),
     }))
 """)
 
