@@ -126,6 +126,9 @@ flags.DEFINE_integer("eval_bs", 8192, "Evaluation batch size.")
 flags.DEFINE_integer("checkpoint_every", 1, "With --workdir (one run): "
                      "checkpoint every this many epochs (and at the end); "
                      "rerunning the command resumes from the latest.")
+flags.DEFINE_integer("checkpoint_steps", 0, "With --workdir: also "
+                     "checkpoint every this many steps inside an epoch (for "
+                     "long epochs; 0: at epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.")
 flags.DEFINE_bool("restart", False, "Ignore checkpoints in --workdir and "
                   "start over.")
@@ -357,13 +360,13 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
                           on_losses=board.losses if board else None,
                           checkpoints=checkpoints,
                           checkpoint_every=FLAGS.checkpoint_every,
+                          chunk_steps=FLAGS.checkpoint_steps or None,
                           stop_requested=stop.requested, mesh=mesh)
   if result.stopped:
     where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
              "command to continue" if checkpoints else "nothing was saved "
              "(no --workdir)")
-    print(f"stopped by {stop.name} after epoch {result.history[-1]['epoch']};"
-          f" {where}", file=sys.stderr)
+    print(f"stopped by {stop.name}; {where}", file=sys.stderr)
     sys.exit(128 + stop.signum)
   final = result.history[-1]
   speed = (f"{result.samples_per_second:,.0f} training samples/s"

@@ -1,10 +1,11 @@
 """Checkpoints of a whole training run, so a killed run continues exactly.
 
-A checkpoint, taken at the end of an epoch, holds the full `TrainState`
+A checkpoint, taken at the end of an epoch (or of a chunk of its steps),
+holds the full `TrainState`
 (parameters, BatchNorm statistics, optimiser moments and step, the dropout
 key) and the run's history. The data order needs no saving: epoch e's order
-is a function of the seed and e. Resuming from the checkpoint of epoch e and
-training epochs e+1.. therefore gives bit-identical numbers on the same
+is a function of the seed and e. Resuming from a checkpoint and training
+the remaining steps therefore gives bit-identical numbers on the same
 machine. orbax writes each checkpoint under a temporary name and renames it
 when complete, and keeps the last few.
 """
@@ -42,26 +43,24 @@ class RunCheckpoints:
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
-  def latest_epoch(self) -> int | None:
-    return self.manager.latest_step()
-
-  def save(self, epoch: int, state, meta: dict) -> None:
-    """Checkpoint after `epoch` (0-based); meta must be JSON (history...)."""
-    self.manager.save(epoch, args=ocp.args.Composite(
+  def save(self, index: int, state, meta: dict) -> None:
+    """Checkpoint number `index` (increasing: the global step); meta must be
+    JSON (history, position in the epoch...)."""
+    self.manager.save(index, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_arrays(state)),
         meta=ocp.args.JsonSave({"fingerprint": self.fingerprint, **meta})))
     self.manager.wait_until_finished()
 
   def restore(self, like) -> tuple[Any, int, dict] | None:
-    """(state, epoch, meta) of the latest checkpoint, or None if none.
+    """(state, index, meta) of the latest checkpoint, or None if none.
 
     like: a freshly initialised state of the same run (gives the shapes and
     the static parts).
     """
-    epoch = self.manager.latest_step()
-    if epoch is None:
+    index = self.manager.latest_step()
+    if index is None:
       return None
-    meta = self.manager.restore(epoch, args=ocp.args.Composite(
+    meta = self.manager.restore(index, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     if meta.get("fingerprint") != self.fingerprint:
       changed = sorted(k for k in set(self.fingerprint) | set(
@@ -73,17 +72,17 @@ class RunCheckpoints:
           "--restart to start over")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(like))
     try:
-      arrays = self.manager.restore(epoch, args=ocp.args.Composite(
+      arrays = self.manager.restore(index, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as e:  # a damaged or foreign checkpoint
-      raise UserError(f"{self.directory}: the checkpoint of epoch {epoch} "
+      raise UserError(f"{self.directory}: checkpoint {index} "
                       f"cannot be read ({type(e).__name__}); --restart "
                       "starts over") from None
     state = like.replace(step=arrays["step"], params=arrays["params"],
                          model_state=arrays["model_state"],
                          opt_state=arrays["opt_state"],
                          rng=jax.random.wrap_key_data(arrays["rng"]))
-    return state, epoch, meta
+    return state, index, meta
 
   def close(self) -> None:
     self.manager.close()

@@ -331,6 +331,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_losses: Callable[[np.ndarray], None] | None = None,
         log: Callable[[str], None] | None = print,
         checkpoints=None, checkpoint_every: int = 1,
+        chunk_steps: int | None = None,
         stop_requested: Callable[[], bool] | None = None,
         mesh=None) -> FitResult:
   """Trains `model` on `data.train` and evaluates on `data.valid` each epoch.
@@ -343,10 +344,13 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
       with the restored epochs' ones).
     on_losses: called with each epoch's per-step training losses [steps].
     log: where progress lines go (None: silent).
-    checkpoints: a `resume.RunCheckpoints`: the run continues after its
+    checkpoints: a `resume.RunCheckpoints`: the run continues from its
       latest checkpoint, and saves one every `checkpoint_every` epochs and
       at the end.
-    stop_requested: polled after each epoch; when it says so, the run
+    chunk_steps: run each epoch this many steps per compiled call (None: the
+      whole epoch in one); with checkpoints, one is saved after each chunk,
+      so long epochs can resume mid-way.
+    stop_requested: polled after each call; when it says so, the run
       checkpoints and returns early (FitResult.stopped).
     mesh: a `jax.sharding.Mesh` with axes ('data', 'model') to train over
       (see `jaxcf.sharding`); the model's tables must have been created with
@@ -367,17 +371,24 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   state = create_train_state(model, tx, init_key,
                              model_constants(model, data))
   say = log or (lambda _: None)
-  history, ema, ema_count, first = [], 0.0, 0, 0
+  chunk = min(chunk_steps or steps, steps)
+  history, ema, ema_count = [], 0.0, 0
+  first_epoch, first_done, partial = 0, 0, []
   restored = checkpoints.restore(state) if checkpoints else None
   if restored:
-    state, done, meta = restored
-    history, (ema, ema_count), first = meta["history"], meta["ema"], done + 1
-    say(f"resuming after epoch {done} from {checkpoints.directory}")
+    state, _, meta = restored
+    history, (ema, ema_count) = meta["history"], meta["ema"]
+    first_epoch, first_done, partial = (meta["epoch"], meta["done"],
+                                        meta["partial"])
+    if first_done == steps:
+      first_epoch, first_done, partial = first_epoch + 1, 0, []
+    say(f"resuming at epoch {first_epoch}, step {first_done} of {steps}, "
+        f"from {checkpoints.directory}")
 
   t0 = time.perf_counter()
   order = lambda epoch: epoch_batches(order_key, epoch, n, config.batch_size,
                                       config.sampling)
-  train, valid, out_shardings = data.train, data.valid, None
+  train, valid, out_shardings, put = data.train, data.valid, None, None
   if mesh is not None:
     sharding.check_batch(config.batch_size, mesh)
     shardings = sharding.state_sharding(state, mesh,
@@ -385,18 +396,19 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     state = jax.device_put(state, shardings)
     train, valid = jax.device_put((train, valid), sharding.replicated(mesh))
     out_shardings = (shardings, sharding.replicated(mesh))
-    plain_order = order
-    order = lambda epoch: jax.device_put(plain_order(epoch),
-                                         sharding.batch_sharding(mesh))
-  batches = order(first)
-  run_epoch = jax.jit(train_epoch, donate_argnums=0,
-                      out_shardings=out_shardings).lower(
-                          state, train, batches).compile()
+    put = lambda rows: jax.device_put(rows, sharding.batch_sharding(mesh))
+  put = put or jax.device_put
+  rows = order(first_epoch)
+  runner = jax.jit(train_epoch, donate_argnums=0, out_shardings=out_shardings)
+  compiled = runner.lower(state, train, put(rows[:chunk])).compile()
+  run = lambda st, part: (compiled if len(part) == chunk else runner)(
+      st, train, put(part))
   run_eval = jax.jit(evaluate, static_argnums=2).lower(
       state, valid, config.eval_batch_size).compile()
   compile_seconds = time.perf_counter() - t0
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
-      f"({steps} steps of {config.batch_size} per epoch)")
+      f"({steps} steps of {config.batch_size} per epoch"
+      + (f", run {chunk} at a time)" if chunk < steps else ")"))
   say(f"{'epoch':<6}{'train_loss':>11}{'valid_loss':>11}{'valid_rmse':>11}"
       f"{'time':>9}")
   for row in history:
@@ -404,30 +416,50 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     if on_epoch:
       on_epoch(row)
 
-  train_seconds, last, stopped, trained_epochs = 0.0, None, False, 0
-  for epoch in range(first, config.epochs):
+  def save(epoch, done, losses):
+    checkpoints.save(epoch * steps + done, state, {
+        "history": history, "ema": [ema, ema_count], "epoch": epoch,
+        "done": done, "partial": [float(x) for x in losses]})
+    return f"epoch {epoch}, step {done}"
+
+  train_seconds, last, stopped, steps_run = 0.0, None, False, 0
+  saved = "none"
+  for epoch in range(first_epoch, config.epochs):
     start = time.perf_counter()
-    state, losses = run_epoch(state, train, batches)
-    if epoch + 1 < config.epochs:  # shuffle the next epoch while this runs
-      batches = order(epoch + 1)
-    if log:
-      wait_with_progress(losses, f"epoch {epoch}", last)
-    losses = np.asarray(losses)
-    if not np.isfinite(losses).all():
-      bad = int(np.argmin(np.isfinite(losses)))
-      saved = checkpoints.latest_epoch() if checkpoints else None
-      raise Diverged(
-          f"training diverged in epoch {epoch} at step {bad} of {steps} "
-          f"(loss {losses[bad]}); lower --lr (now {config.lr}). Last good "
-          "checkpoint: " + (f"after epoch {saved}" if saved is not None
-                            else "none"))
+    done = first_done if epoch == first_epoch else 0
+    parts = [np.asarray(partial, np.float32)] if done else []
+    while done < steps:
+      part = rows[done:done + chunk]
+      state, losses = run(state, part)
+      if done + len(part) == steps and epoch + 1 < config.epochs:
+        rows_next = order(epoch + 1)  # shuffle while the device works
+      if log:
+        wait_with_progress(losses, f"epoch {epoch}", last)
+      losses = np.asarray(losses)
+      if not np.isfinite(losses).all():
+        bad = done + int(np.argmin(np.isfinite(losses)))
+        raise Diverged(
+            f"training diverged in epoch {epoch} at step {bad} of {steps} "
+            f"(loss {losses[bad - done]}); lower --lr (now {config.lr}). "
+            f"Last good checkpoint: {saved}")
+      parts.append(losses)
+      done += len(part)
+      steps_run += len(part)
+      stopped = bool(stop_requested and stop_requested())
+      if checkpoints and done < steps and (stopped or chunk < steps):
+        saved = save(epoch, done, np.concatenate(parts))
+      if stopped and done < steps:
+        break
+    if done < steps:
+      break
+    rows = rows_next if epoch + 1 < config.epochs else rows
+    losses = np.concatenate(parts)
     if on_losses:
       on_losses(losses)
     train_time = time.perf_counter() - start
     metrics = {k: float(v) for k, v in run_eval(state, valid).items()}
     seconds = time.perf_counter() - start
     train_seconds += train_time
-    trained_epochs += 1
     last = train_time
     ema, ema_count, smooth = smooth_losses(losses, ema, ema_count)
     row = {"epoch": epoch, "train_loss": float(losses.mean()),
@@ -439,17 +471,16 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     if on_epoch:
       on_epoch(row)
     stopped = bool(stop_requested and stop_requested())
-    if checkpoints and (stopped or epoch + 1 == config.epochs
+    if checkpoints and (stopped or chunk < steps or epoch + 1 == config.epochs
                         or (epoch + 1) % checkpoint_every == 0):
-      checkpoints.save(epoch, state, {"history": history,
-                                      "ema": [ema, ema_count]})
+      saved = save(epoch, steps, [])
     if stopped:
       break
-  samples = steps * config.batch_size * trained_epochs
   return FitResult(state=state, history=history,
                    compile_seconds=compile_seconds,
                    train_seconds=train_seconds,
-                   samples_per_second=samples / max(train_seconds, 1e-9),
+                   samples_per_second=steps_run * config.batch_size /
+                   max(train_seconds, 1e-9),
                    stopped=stopped)
 
 
