@@ -71,6 +71,12 @@ flags.DEFINE_string("optimizer", "adamw",
                     "adamw: fastai's dense AdamW. lazy_adamw / "
                     "rowwise_adagrad: update only the embedding rows a batch "
                     "uses (fast with large tables; see jaxcf/sparse.py).")
+flags.DEFINE_string("param_dtype", "float32",
+                    "float32, or bfloat16: store weights and optimiser "
+                    "moments in half the bytes (large tables).")
+flags.DEFINE_string("compute_dtype", "float32",
+                    "float32, or bfloat16: compute lookups and layers in "
+                    "bfloat16 (outputs and the loss stay float32).")
 flags.DEFINE_string("mesh", None, "Train over a device mesh, e.g. "
                     "data:4,model:2: batches split over data, user/item "
                     "tables by rows over model (one run, not side_nn).")
@@ -136,9 +142,11 @@ flags.DEFINE_bool("restart", False, "Ignore checkpoints in --workdir and "
 # Flags whose values a resumed run must share with the run it continues.
 RUN_FLAGS = ("dataset", "n_users", "n_items", "n_ratings", "model",
              "n_factors", "y_range", "layers", "epochs", "lr", "wd", "bs",
-             "seed", "pct_start", "div", "div_final", "sampling", "split", "valid_pct", "split_seed", "valid_file", "item_name",
+             "seed", "pct_start", "div", "div_final", "sampling", "split",
+             "valid_pct", "split_seed", "valid_file", "item_name",
              "ratings_file", "columns", "sep", "items_file", "item_columns",
-             "side", "id_dropout", "duplicates", "clip_ratings", "optimizer")
+             "side", "id_dropout", "duplicates", "clip_ratings", "optimizer",
+             "param_dtype", "compute_dtype")
 
 FLAGS = flags.FLAGS
 
@@ -202,9 +210,14 @@ def replicas_from_flags() -> list[sweep.Replica]:
   dropouts = parse_list("id_dropout", float)
   if any(not 0 <= p < 1 for p in dropouts):
     raise UserError(f"--id_dropout={FLAGS.id_dropout} must lie in [0, 1)")
+  for name in ("param_dtype", "compute_dtype"):
+    if FLAGS[name].value not in models.DTYPES:
+      raise UserError(f"--{name}={FLAGS[name].value} must be one of "
+                      f"{', '.join(models.DTYPES)}")
   replicas = sweep.grid(model=names, n_factors=n_factors, layers=layers,
                         y_range=y_ranges, lr=lrs, wd=wds, seed=seeds,
-                        id_dropout=dropouts)
+                        id_dropout=dropouts, param_dtype=[FLAGS.param_dtype],
+                        compute_dtype=[FLAGS.compute_dtype])
   # id_dropout matters to side_nn only: one value for the other models.
   return [r for r in replicas if r.model == "side_nn"
           or r.id_dropout == dropouts[0]]

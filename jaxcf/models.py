@@ -13,7 +13,7 @@ counts and starting points match the reference:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -65,8 +65,10 @@ def _torch_bias_init(fan_in: int):
   return init
 
 
-def _embed(n: int, features: int, name: str) -> nn.Embed:
+def _embed(module: nn.Module, n: int, features: int, name: str) -> nn.Embed:
+  """A table stored in module.param_dtype, looked up in compute_dtype."""
   return nn.Embed(n, features, embedding_init=fastai_embedding_init,
+                  param_dtype=module.param_dtype, dtype=module.compute_dtype,
                   name=name)
 
 
@@ -74,12 +76,15 @@ class Linear(nn.Module):
   """A dense layer initialised like PyTorch's nn.Linear."""
   features: int
   use_bias: bool = True
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     bias_init = _torch_bias_init(x.shape[-1])
     return nn.Dense(self.features, use_bias=self.use_bias,
                     kernel_init=torch_kernel_init, bias_init=bias_init,
+                    param_dtype=self.param_dtype, dtype=self.compute_dtype,
                     name="dense")(x)
 
 
@@ -95,6 +100,7 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = x.astype(jnp.float32)  # statistics in float32 whatever the inputs
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,))
     bias = self.param("bias", nn.initializers.constant(1e-3), (features,))
@@ -119,11 +125,14 @@ class DotProduct(nn.Module):
   n_factors: int = 50
   y_range: YRange = None
 
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
-    u = _embed(self.n_users, self.n_factors, "user_factors")(users)
-    i = _embed(self.n_items, self.n_factors, "item_factors")(items)
-    return _squash(self, jnp.sum(u * i, axis=-1))
+    u = _embed(self, self.n_users, self.n_factors, "user_factors")(users)
+    i = _embed(self, self.n_items, self.n_factors, "item_factors")(items)
+    return _squash(self, jnp.sum(u * i, axis=-1, dtype=jnp.float32))
 
 
 class DotProductBias(nn.Module):
@@ -136,13 +145,17 @@ class DotProductBias(nn.Module):
   n_factors: int = 50
   y_range: YRange = (0.0, 5.5)
 
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
-    u = _embed(self.n_users, self.n_factors, "user_factors")(users)
-    i = _embed(self.n_items, self.n_factors, "item_factors")(items)
-    bu = _embed(self.n_users, 1, "user_bias")(users)[..., 0]
-    bi = _embed(self.n_items, 1, "item_bias")(items)[..., 0]
-    return _squash(self, jnp.sum(u * i, axis=-1) + bu + bi)
+    u = _embed(self, self.n_users, self.n_factors, "user_factors")(users)
+    i = _embed(self, self.n_items, self.n_factors, "item_factors")(items)
+    bu = _embed(self, self.n_users, 1, "user_bias")(users)[..., 0]
+    bi = _embed(self, self.n_items, 1, "item_bias")(items)[..., 0]
+    return _squash(self, jnp.sum(u * i, axis=-1, dtype=jnp.float32)
+                   + bu.astype(jnp.float32) + bi.astype(jnp.float32))
 
 
 class CollabNN(nn.Module):
@@ -158,12 +171,15 @@ class CollabNN(nn.Module):
   user_size: int | None = None
   item_size: int | None = None
 
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
     x = _concat_embeddings(self, users, items)
     for width in self.layers:
-      x = nn.relu(Linear(width)(x))
-    return _squash(self, Linear(1)(x)[..., 0])
+      x = nn.relu(_linear(self, width)(x))
+    return _squash(self, _linear(self, 1)(x)[..., 0].astype(jnp.float32))
 
 
 class EmbeddingNN(nn.Module):
@@ -179,12 +195,15 @@ class EmbeddingNN(nn.Module):
   user_size: int | None = None
   item_size: int | None = None
 
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
     x = _concat_embeddings(self, users, items)
     for width in self.layers:
-      x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
-    return _squash(self, Linear(1)(x)[..., 0])
+      x = BatchNorm()(nn.relu(_linear(self, width, use_bias=False)(x)), train)
+    return _squash(self, _linear(self, 1)(x)[..., 0].astype(jnp.float32))
 
 
 class SideNN(nn.Module):
@@ -221,6 +240,9 @@ class SideNN(nn.Module):
   default_time: float = 1.0
   id_dropout: float = 0.0
 
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
     table = lambda name, shape, dtype: self.variable(
@@ -230,9 +252,9 @@ class SideNN(nn.Module):
       drop = jax.random.bernoulli(self.make_rng("dropout"), self.id_dropout,
                                   users.shape)
       ids = jnp.where(drop, 0, users)
-    parts = [_embed(self.n_users, embedding_size(self.n_users),
+    parts = [_embed(self, self.n_users, embedding_size(self.n_users),
                     "user_factors")(ids),
-             _embed(self.n_items, embedding_size(self.n_items),
+             _embed(self, self.n_items, embedding_size(self.n_items),
                     "item_factors")(items)]
     conts = []
     for side, rows, n, cats, n_conts in (
@@ -240,7 +262,8 @@ class SideNN(nn.Module):
         ("item", items, self.n_items, self.item_cats, self.item_conts)):
       if cats:
         codes = table(f"{side}_cat", (n, len(cats)), jnp.int32)[rows]
-        parts += [_embed(c, embedding_size(c), f"{side}_cat{k}")(codes[:, k])
+        parts += [_embed(self, c, embedding_size(c),
+                         f"{side}_cat{k}")(codes[:, k])
                   for k, c in enumerate(cats)]
       if n_conts:
         conts.append(table(f"{side}_cont", (n, n_conts), jnp.float32)[rows])
@@ -253,15 +276,19 @@ class SideNN(nn.Module):
                                              train))
     x = jnp.concatenate(parts, axis=-1)
     for width in self.layers:
-      x = BatchNorm()(nn.relu(Linear(width, use_bias=False)(x)), train)
-    return _squash(self, Linear(1)(x)[..., 0])
+      x = BatchNorm()(nn.relu(_linear(self, width, use_bias=False)(x)), train)
+    return _squash(self, _linear(self, 1)(x)[..., 0].astype(jnp.float32))
+
+
+def _linear(module: nn.Module, features: int, use_bias: bool = True):
+  return Linear(features, use_bias, module.param_dtype, module.compute_dtype)
 
 
 def _concat_embeddings(module, users, items) -> jax.Array:
   user_size = module.user_size or embedding_size(module.n_users)
   item_size = module.item_size or embedding_size(module.n_items)
-  u = _embed(module.n_users, user_size, "user_factors")(users)
-  i = _embed(module.n_items, item_size, "item_factors")(items)
+  u = _embed(module, module.n_users, user_size, "user_factors")(users)
+  i = _embed(module, module.n_items, item_size, "item_factors")(items)
   return jnp.concatenate([u, i], axis=-1)
 
 
@@ -273,10 +300,14 @@ MODELS = {
     "side_nn": SideNN,
 }
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
            y_range: YRange = (0.0, 5.5),
-           layers: Sequence[int] | None = None, **side) -> nn.Module:
+           layers: Sequence[int] | None = None,
+           param_dtype: str = "float32", compute_dtype: str = "float32",
+           **side) -> nn.Module:
   """Builds a model by name.
 
   Args:
@@ -287,22 +318,42 @@ def create(name: str, n_users: int, n_items: int, *, n_factors: int = 50,
     y_range: (low, high) for `sigmoid_range`, or None for a raw output.
     layers: hidden widths of the NN models; None keeps each model's default
       ([100] for collab_nn, [100, 50] for embedding_nn and side_nn).
+    param_dtype: what the weights (and so the optimiser's moments) are
+      stored in: "float32", or "bfloat16" to halve a large table's memory.
+    compute_dtype: what lookups and layers compute in; outputs, the loss
+      and BatchNorm statistics stay float32.
     **side: SideNN's feature attributes (user_cats, item_conts, ...).
   """
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of "
                      f"{', '.join(MODELS)}")
+  for dtype in (param_dtype, compute_dtype):
+    if dtype not in DTYPES:
+      raise ValueError(f"unknown dtype {dtype!r}; choose one of "
+                       f"{', '.join(DTYPES)}")
   cls = MODELS[name]
+  dtypes = {"param_dtype": DTYPES[param_dtype],
+            "compute_dtype": DTYPES[compute_dtype]}
   if cls in (DotProduct, DotProductBias):
-    return cls(n_users, n_items, n_factors=n_factors, y_range=y_range)
+    return cls(n_users, n_items, n_factors=n_factors, y_range=y_range,
+               **dtypes)
   kwargs = {} if layers is None else {"layers": tuple(layers)}
   if side and cls is not SideNN:
     raise ValueError(f"model {name} takes no side information")
-  return cls(n_users, n_items, y_range=y_range, **kwargs, **side)
+  return cls(n_users, n_items, y_range=y_range, **kwargs, **dtypes, **side)
+
+
+def _param_shapes(model: nn.Module) -> list[jax.ShapeDtypeStruct]:
+  dummy = jnp.zeros((1,), jnp.int32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)
+  return jax.tree.leaves(shapes["params"])
 
 
 def count_params(model: nn.Module) -> int:
   """Number of trainable parameters (BatchNorm statistics excluded)."""
-  dummy = jnp.zeros((1,), jnp.int32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)
-  return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  return sum(x.size for x in _param_shapes(model))
+
+
+def param_bytes(model: nn.Module) -> int:
+  """Bytes of the trainable parameters, in their storage dtype."""
+  return sum(x.size * x.dtype.itemsize for x in _param_shapes(model))

@@ -116,6 +116,9 @@ def one_cycle_adamw(peak_lr: float, weight_decay: float, total_steps: int, *,
     lr, b1 = schedule(state.count, state.peak_lr)
     updates, inner = adamw(lr, b1, state.weight_decay).update(
         grads, state.adamw, params)
+    # The float32 lr/b1 would promote bfloat16 moments; keep their dtype.
+    inner = jax.tree.map(lambda new, old: new.astype(old.dtype), inner,
+                         state.adamw)
     return updates, state._replace(count=state.count + 1, lr=lr, b1=b1,
                                    adamw=inner)
 

@@ -134,14 +134,15 @@ class SparseOptimizer(NamedTuple):
         v = self.b2 * mv[:, 1] + (1 - self.b2) * g * g
         p = p - lr / (1 - b1**t) * m / (jnp.sqrt(v / (1 - self.b2**t)) +
                                         self.eps)
-        new_slots[k] = slots.at[ids].set(jnp.stack([m, v], axis=1),
-                                         mode="drop")
+        new_slots[k] = slots.at[ids].set(
+            jnp.stack([m, v], axis=1).astype(slots.dtype), mode="drop")
       else:
         a = slots.at[ids].get(mode="fill", fill_value=0) + jnp.mean(
             g * g, axis=1)
         p = p - lr * g / (jnp.sqrt(a)[:, None] + self.adagrad_eps)
-        new_slots[k] = slots.at[ids].set(a, mode="drop")
-      new_rows[k] = {"embedding": table.at[ids].set(p, mode="drop")}
+        new_slots[k] = slots.at[ids].set(a.astype(slots.dtype), mode="drop")
+      new_rows[k] = {"embedding": table.at[ids].set(p.astype(table.dtype),
+                                                    mode="drop")}
     dense_state = opt.dense
     if dense:
       dense_state = dense_state._replace(peak_lr=opt.peak_lr,

@@ -37,6 +37,8 @@ class Replica:
   wd: float = 0.1
   seed: int = 42
   id_dropout: float = 0.0  # side_nn only: the share of user ids hidden
+  param_dtype: str = "float32"  # or "bfloat16": weights and moments
+  compute_dtype: str = "float32"  # or "bfloat16": lookups and layers
 
   @property
   def shape_key(self) -> tuple:
@@ -44,7 +46,8 @@ class Replica:
     dot = self.model in ("dot", "dot_bias")
     return (self.model, self.n_factors if dot else None,
             None if dot else self.layers, self.y_range is None,
-            self.id_dropout if self.model == "side_nn" else None)
+            self.id_dropout if self.model == "side_nn" else None,
+            self.param_dtype, self.compute_dtype)
 
   def hparams(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -65,7 +68,8 @@ class Replica:
     return models.create(self.model, sharding.pad_rows(data.n_users, mesh),
                          sharding.pad_rows(data.n_items, mesh),
                          n_factors=self.n_factors, y_range=self.y_range,
-                         layers=self.layers, **side)
+                         layers=self.layers, param_dtype=self.param_dtype,
+                         compute_dtype=self.compute_dtype, **side)
 
 
 def grid(**values: Sequence) -> list[Replica]:

@@ -106,7 +106,9 @@ class TrainedModel:
                   else v) for k, v in params.items()}  # drop --mesh padding
     spec = {"model": replica.model, "n_factors": replica.n_factors,
             "y_range": list(replica.y_range) if replica.y_range else None,
-            "layers": list(replica.layers) if replica.layers else None}
+            "layers": list(replica.layers) if replica.layers else None,
+            "param_dtype": getattr(replica, "param_dtype", "float32"),
+            "compute_dtype": getattr(replica, "compute_dtype", "float32")}
     side_vocab = None
     if replica.model == "side_nn":
       spec["side"] = {**data.side.spec, "id_dropout": replica.id_dropout}
@@ -177,7 +179,8 @@ class TrainedModel:
   def export_npz(self, path: str) -> None:
     """Writes plain arrays that numpy alone reads (np.load, no pickle).
 
-    Keys: 'params/<module>/<name>' and 'model_state/...' float32 arrays,
+    Keys: 'params/<module>/<name>' and 'model_state/...' arrays (bfloat16
+      weights widened to float32, which numpy has),
     'users', 'items' (ids or titles), 'titles' when known, and 'meta' (a
     JSON string: the model spec and item key).
     """
@@ -186,6 +189,8 @@ class TrainedModel:
                          ("model_state", self.state.model_state)):
       for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
         name = "/".join(str(getattr(k, "key", k)) for k in keypath)
+        if leaf.dtype == jnp.bfloat16:
+          leaf = leaf.astype(jnp.float32)
         flat[f"{prefix}/{name}"] = np.asarray(leaf)
     text = lambda a: np.asarray([str(v) for v in a]) if a.dtype == object \
         else np.asarray(a)
@@ -516,7 +521,9 @@ def _module(spec: dict, n_users: int, n_items: int):
   return models.create(
       spec["model"], n_users, n_items, n_factors=spec["n_factors"],
       y_range=tuple(spec["y_range"]) if spec["y_range"] else None,
-      layers=tuple(spec["layers"]) if spec["layers"] else None, **side)
+      layers=tuple(spec["layers"]) if spec["layers"] else None,
+      param_dtype=spec.get("param_dtype", "float32"),
+      compute_dtype=spec.get("compute_dtype", "float32"), **side)
 
 
 @functools.partial(jax.jit, static_argnames="k")

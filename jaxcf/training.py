@@ -268,12 +268,11 @@ def wait_with_progress(x: jax.Array, label: str,
 
 def train_bytes(model: nn.Module, data: CollabData, batch_size: int) -> int:
   """Device bytes one run needs, roughly: weights, Adam's two moments,
-  gradients and updates (5 float32 copies of the parameters), the ratings
-  on the device and an epoch's batch indices."""
-  n_params = models.count_params(model)
+  gradients and updates (5 copies of the parameters, in their dtype), the
+  ratings on the device and an epoch's batch indices."""
   rows = data.train.size + data.valid.size
   per_row = 4 * (3 + (data.train.times is not None))
-  return 4 * 5 * n_params + per_row * rows + 4 * data.train.size
+  return 5 * models.param_bytes(model) + per_row * rows + 4 * data.train.size
 
 
 def available_bytes(device=None) -> int:
@@ -294,11 +293,13 @@ def check_memory(model: nn.Module, data: CollabData, batch_size: int,
   if need > have:
     raise UserError(
         f"training needs about {need / 2**30:.1f} GiB on the device "
-        f"({models.count_params(model):,} parameters x 5 float32 copies for "
+        f"({models.count_params(model):,} parameters x 5 copies for "
         f"weights, Adam moments, gradients and updates, plus "
         f"{data.train.size + data.valid.size:,} ratings) but only "
         f"{have / 2**30:.1f} GiB is free; use a smaller --n_factors or "
-        "--layers, fewer replicas (--chunk), or less data")
+        "--layers, --param_dtype=bfloat16 (half the bytes), --mesh to "
+        "shard the tables over devices, fewer replicas (--chunk), or less "
+        "data")
 
 
 OPTIMIZERS = ("adamw",) + sparse.KINDS

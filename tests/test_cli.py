@@ -127,6 +127,8 @@ ERROR_CASES = [
     (["--ratings_file={tmp}/dups.tsv", "--duplicates=first"],
      "--duplicates=first must be one of"),
     (["--ratings_file={tmp}/high.tsv"], "lie outside --y_range=0,5.5"),
+    (["--param_dtype=float16"], "--param_dtype=float16 must be one of"),
+    (["--compute_dtype=int8"], "--compute_dtype=int8 must be one of"),
 ]
 
 

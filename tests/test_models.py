@@ -110,3 +110,29 @@ def test_embedding_nn_layer_structure():
 def test_unknown_model():
   with pytest.raises(ValueError, match="unknown model"):
     models.create("svd", 3, 3)
+
+
+@pytest.mark.parametrize("name", ["dot_bias", "embedding_nn"])
+def test_bfloat16_weights_halve_the_bytes_and_keep_float32_outputs(name):
+  full = models.create(name, N_USERS, N_ITEMS)
+  half = models.create(name, N_USERS, N_ITEMS, param_dtype="bfloat16",
+                       compute_dtype="bfloat16")
+  assert models.count_params(half) == models.count_params(full)
+  # BatchNorm's few parameters stay float32; every table and kernel halves.
+  assert models.param_bytes(half) < 0.51 * models.param_bytes(full)
+  users = jnp.arange(1, 9, dtype=jnp.int32)
+  variables = half.init(jax.random.key(0), users, users)
+  tables = [v for k, v in variables["params"].items()
+            if k.endswith("factors")]
+  assert tables and all(t["embedding"].dtype == jnp.bfloat16 for t in tables)
+  out = half.apply(variables, users, users)
+  assert out.dtype == jnp.float32
+  # The same initial weights in float32 predict nearly the same.
+  as_full = jax.tree.map(lambda x: x.astype(jnp.float32), variables)
+  np.testing.assert_allclose(out, full.apply(as_full, users, users),
+                             atol=2e-2)
+
+
+def test_unknown_dtype():
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    models.create("dot_bias", 5, 5, param_dtype="float16")

@@ -282,3 +282,31 @@ def test_book_biases_on_movielens(ml100k):
     assert title in lowest
   for title in ("Titanic", "Schindler's List", "Shawshank Redemption"):
     assert title in highest
+
+
+def test_bfloat16_model_trains_saves_loads_and_exports(tiny, tmp_path):
+  _, data, _ = tiny
+  replica = sweep.Replica(n_factors=4, lr=3e-2, wd=0.01,
+                          param_dtype="bfloat16", compute_dtype="bfloat16")
+  result = training.fit(replica.create_model(data), data,
+                        training.TrainConfig(epochs=8, batch_size=16,
+                                             lr=3e-2, wd=0.01), log=None)
+  losses = [h["valid_loss"] for h in result.history]
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]
+  model = trained.TrainedModel.from_training(
+      replica, result.state.params, result.state.model_state, data)
+  assert model.spec["param_dtype"] == "bfloat16"
+  model.save(str(tmp_path / "run" / "model"))
+  again = trained.load(str(tmp_path / "run"))
+  assert again.state.params["user_factors"]["embedding"].dtype == jnp.bfloat16
+  users = model.users.decode(np.asarray(data.valid.users))
+  items = model.items.decode(np.asarray(data.valid.items))
+  np.testing.assert_array_equal(again.predict(users, items),
+                                model.predict(users, items))
+  model.export_npz(str(tmp_path / "m.npz"))
+  npz = np.load(tmp_path / "m.npz", allow_pickle=False)
+  table = npz["params/user_factors/embedding"]
+  assert table.dtype == np.float32
+  np.testing.assert_array_equal(
+      table, np.asarray(model.state.params["user_factors"]["embedding"],
+                        np.float32))
