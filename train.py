@@ -29,9 +29,9 @@ import sys
 from absl import flags
 import jax
 
-from jaxcf import (cli, datasets, features, io, models, plots, ranking,
-                   resume, runinfo, sharding, sweep, synthetic, tblog,
-                   trained, training)
+from jaxcf import (cli, datasets, distributed, features, io, models, plots,
+                   ranking, resume, runinfo, sharding, sweep, synthetic,
+                   tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
@@ -80,6 +80,14 @@ flags.DEFINE_string("compute_dtype", "float32",
 flags.DEFINE_string("mesh", None, "Train over a device mesh, e.g. "
                     "data:4,model:2: batches split over data, user/item "
                     "tables by rows over model (one run, not side_nn).")
+flags.DEFINE_bool("shard_data", False, "With --mesh: each data shard keeps "
+                  "and shuffles its own training rows (what several "
+                  "processes always do).")
+flags.DEFINE_string("coordinator_address", None, "Several processes: "
+                    "HOST:PORT of process 0, the same for every process.")
+flags.DEFINE_integer("num_processes", 1, "Several processes: how many.")
+flags.DEFINE_integer("process_id", 0, "Several processes: this one's index, "
+                     "0 .. num_processes - 1.")
 flags.DEFINE_string("split", "random",
                     "random, or an official MovieLens split: u1..u5, ua, ub.")
 flags.DEFINE_float("valid_pct", 0.2, "Validation share of --split=random.")
@@ -340,6 +348,8 @@ class StopOnSignal:
 
 def run_single(replica: sweep.Replica, data, config) -> dict:
   mesh = sharding.make_mesh(FLAGS.mesh) if FLAGS.mesh else None
+  if FLAGS.shard_data and mesh is None:
+    raise UserError("--shard_data shards over --mesh; give one")
   model = replica.create_model(data, mesh)
   config = training.TrainConfig(**{**config.__dict__, "lr": replica.lr,
                                    "wd": replica.wd, "seed": replica.seed})
@@ -360,7 +370,7 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
       board.epoch(row)
 
   checkpoints = None
-  if FLAGS.workdir:
+  if FLAGS.workdir and jax.process_count() == 1:
     directory = os.path.join(FLAGS.workdir, "checkpoints")
     if FLAGS.restart:
       shutil.rmtree(directory, ignore_errors=True)
@@ -374,20 +384,27 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
                           checkpoints=checkpoints,
                           checkpoint_every=FLAGS.checkpoint_every,
                           chunk_steps=FLAGS.checkpoint_steps or None,
-                          stop_requested=stop.requested, mesh=mesh)
+                          stop_requested=stop.requested, mesh=mesh,
+                          shard_data=FLAGS.shard_data,
+                          log=print if distributed.is_leader() else None)
   if result.stopped:
     where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
              "command to continue" if checkpoints else "nothing was saved "
              "(no --workdir)")
     print(f"stopped by {stop.name}; {where}", file=sys.stderr)
     sys.exit(128 + stop.signum)
+  state = result.state
+  if jax.process_count() > 1:  # gathered, for this process's devices alone
+    state = state.replace(params=distributed.to_host(state.params),
+                          model_state=distributed.to_host(state.model_state),
+                          opt_state=None, rng=None)
   final = result.history[-1]
   speed = (f"{result.samples_per_second:,.0f} training samples/s"
            if result.train_seconds else "the run was already complete")
   print(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
         f"{final['valid_rmse']:.4f}); {speed}, compile "
         f"{result.compile_seconds:.1f}s")
-  top = _ranking(result.state, data)
+  top = _ranking(state, data)
   summary = {
       "final": final, "ranking": top,
       "best_valid_loss": min(h["valid_loss"] for h in result.history),
@@ -402,8 +419,8 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
     if FLAGS.dataset == "synthetic":  # no ids or titles worth a model file
       print(f"wrote {metrics.path} and summary.json")
       return summary
-    saved = _save_model(replica, result.state.params,
-                        result.state.model_state, data, summary)
+    saved = _save_model(replica, state.params, state.model_state, data,
+                        summary)
     print(f"wrote {metrics.path}, summary.json and model/")
     if board:
       if "item_factors" in saved.state.params:
@@ -505,8 +522,27 @@ def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
   return "\n".join(lines)
 
 
+def join_processes() -> None:
+  """With --num_processes > 1: joins the others; only process 0 prints and
+  writes files (the others keep stderr)."""
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
+  if FLAGS.num_processes == 1:
+    return
+  if not FLAGS.mesh:
+    raise UserError("--num_processes > 1 trains over a mesh of all their "
+                    f"devices: add --mesh (e.g. data:{jax.device_count()})")
+  print(f"process {jax.process_index()} of {jax.process_count()}: "
+        f"{jax.local_device_count()} of {jax.device_count()} devices",
+        file=sys.stderr, flush=True)
+  if not distributed.is_leader():
+    FLAGS.workdir, FLAGS.plot, FLAGS.tensorboard = None, False, False
+    sys.stdout = open(os.devnull, "w")
+
+
 def run() -> dict:
   """Trains as the flags say; returns the summary dict."""
+  join_processes()
   replicas = replicas_from_flags()
   config = config_from_flags()
   for name in ("plot", "tensorboard"):
@@ -525,8 +561,12 @@ def run() -> dict:
     data = features.attach(data, features.movielens(data, data.folder, kinds))
     print(f"side information: {', '.join(kinds)}")
   if len(replicas) == 1 and not FLAGS.ensemble:
-    return run_single(replicas[0], data, config)
-  for name in ("tensorboard", "mesh"):
+    summary = run_single(replicas[0], data, config)
+    distributed.barrier("finished")  # the others wait while 0 writes
+    return summary
+  if jax.process_count() > 1:
+    raise UserError("sweeps run in one process; drop --num_processes")
+  for name in ("tensorboard", "mesh", "shard_data"):
     if FLAGS[name].value:
       raise UserError(f"--{name} applies to one run; drop it for sweeps")
   return run_sweep(replicas, data, config)

@@ -16,13 +16,28 @@ import orbax.checkpoint as ocp
 from jaxcf.errors import UserError
 
 
+def _checkpointer() -> ocp.Checkpointer:
+  """An orbax checkpointer for this process alone: in a multi-process run
+  only process 0 writes the model, and must not wait for the others."""
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me,
+                                               active_processes={me})
+  handler = ocp.CompositeCheckpointHandler(
+      composite_options=ocp.CompositeOptions(multiprocessing_options=options),
+      arrays=ocp.StandardCheckpointHandler(multiprocessing_options=options),
+      meta=ocp.JsonCheckpointHandler(multiprocessing_options=options))
+  return ocp.Checkpointer(handler, multiprocessing_options=options)
+
+
 def save(path: str, arrays: Any, meta: dict) -> None:
   """Writes `arrays` (a pytree of arrays) and `meta` (JSON) to `path`.
 
   An existing checkpoint at `path` is replaced.
   """
   path = os.path.abspath(path)
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
+  if jax.process_count() > 1:  # orbax takes no process-local jax.Arrays there
+    arrays = jax.device_get(arrays)
+  with _checkpointer() as ckpt:
     ckpt.save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                        meta=ocp.args.JsonSave(meta)),
               force=True)
@@ -34,7 +49,7 @@ def read_meta(path: str) -> dict:
   if not os.path.isdir(path):
     raise UserError(f"no saved model at {path}; train with --workdir first")
   try:
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
+    with _checkpointer() as ckpt:
       return ckpt.restore(path, ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # orbax raises many kinds for a damaged directory
@@ -52,12 +67,12 @@ def restore(path: str, like: Any, device=None) -> Any:
       device wrote them.
   """
   path = os.path.abspath(path)
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       like)
   try:
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
+    with _checkpointer() as ckpt:
       return ckpt.restore(path, ocp.args.Composite(
           arrays=ocp.args.StandardRestore(abstract)))["arrays"]
   except Exception as e:  # a shape mismatch, a missing or damaged file

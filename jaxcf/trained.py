@@ -139,7 +139,9 @@ class TrainedModel:
         "users": plain(self.users.classes), "items": plain(self.items.classes),
         "titles": None if self.titles is None else plain(self.titles),
         "item_ids": [plain(self.item_ids), plain(self.item_ids.values())],
-        "side_vocab": self.side_vocab, "info": self.info, "versions": runinfo.versions(),
+        "side_vocab": self.side_vocab, "info": self.info,
+        "pairs": [self.train.size, self.valid.size],
+        "versions": runinfo.versions(),
         "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     checkpoint.save(path, arrays, meta)
@@ -161,7 +163,7 @@ class TrainedModel:
     shapes = jax.eval_shape(module.init, jax.random.key(0), dummy, dummy)
     shapes = dict(shapes)
     params = shapes.pop("params")
-    n_train, n_valid = _pair_counts(path)
+    n_train, n_valid = meta.get("pairs") or _pair_counts(path)
     pairs = lambda n: {"users": jax.ShapeDtypeStruct((n,), jnp.int32),
                        "items": jax.ShapeDtypeStruct((n,), jnp.int32),
                        "ratings": jax.ShapeDtypeStruct((n,), jnp.float32)}
@@ -491,7 +493,8 @@ def _coerce(value, classes: np.ndarray):
 
 
 def _pair_counts(path: str) -> tuple[int, int]:
-  """Lengths of the saved train/valid arrays, from orbax's metadata."""
+  """Lengths of the saved train/valid arrays, from orbax's metadata (for
+  models saved before the metadata recorded them)."""
   with open(os.path.join(path, "arrays", "_METADATA")) as f:
     tree = json.load(f)["tree_metadata"]
   def length(split):

@@ -9,6 +9,7 @@ derived from the seed: one for initialisation, one for the data order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -116,8 +117,8 @@ def train_step(state: TrainState, batch: Ratings
   return new_state, {"loss": loss}
 
 
-def train_epoch(state: TrainState, data: Ratings, batches: jax.Array
-                ) -> tuple[TrainState, jax.Array]:
+def train_epoch(state: TrainState, data: Ratings, batches: jax.Array,
+                take=Ratings.take) -> tuple[TrainState, jax.Array]:
   """Runs `train_step` over every batch in one `lax.scan`.
 
   Args:
@@ -125,13 +126,15 @@ def train_epoch(state: TrainState, data: Ratings, batches: jax.Array
     data: the training ratings on the device.
     batches: int32 [steps, batch_size], row indices into `data` (the shuffled
       epoch); each batch is gathered on the device.
+    take: (data, rows) -> the batch; `sharding.local_take` when each device
+      holds its own rows.
 
   Returns:
     (state, losses): the new state and the float32 [steps] batch losses.
   """
 
   def body(state, rows):
-    state, metrics = train_step(state, data.take(rows))
+    state, metrics = train_step(state, take(data, rows))
     return state, metrics["loss"]
 
   return jax.lax.scan(body, state, batches)
@@ -278,10 +281,11 @@ def train_bytes(model: nn.Module, data: CollabData, batch_size: int) -> int:
 def available_bytes(device=None) -> int:
   """Free memory of the device (its allocator's limit on accelerators, the
   host's available memory on the CPU)."""
-  device = device or jax.devices()[0]
+  device = device or jax.local_devices()[0]
   try:
     return int(device.memory_stats()["bytes_limit"])
-  except (AttributeError, KeyError, TypeError, NotImplementedError):
+  except (AttributeError, KeyError, TypeError, NotImplementedError,
+          jax.errors.JaxRuntimeError):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
@@ -334,7 +338,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         checkpoints=None, checkpoint_every: int = 1,
         chunk_steps: int | None = None,
         stop_requested: Callable[[], bool] | None = None,
-        mesh=None) -> FitResult:
+        mesh=None, shard_data: bool = False) -> FitResult:
   """Trains `model` on `data.train` and evaluates on `data.valid` each epoch.
 
   Args:
@@ -356,13 +360,23 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     mesh: a `jax.sharding.Mesh` with axes ('data', 'model') to train over
       (see `jaxcf.sharding`); the model's tables must have been created with
       `sharding.pad_rows` rows.
+    shard_data: with a mesh, each 'data' shard keeps and shuffles its own
+      training rows (`sharding.shard_rows`); always so with several
+      processes.
 
   Raises:
     Diverged: a NaN or infinite training loss; nothing of that epoch is
       saved.
   """
   n = data.train.size
-  steps = n // config.batch_size
+  # With data shards (several processes, or shard_data) each of the mesh's D
+  # data shards draws bs / D rows a step from its own n // D rows.
+  shards = mesh.shape["data"] if mesh is not None and (
+      shard_data or jax.process_count() > 1) else None
+  if mesh is not None:
+    sharding.check_batch(config.batch_size, mesh)
+  steps = (n // shards) // (config.batch_size // shards) if shards else (
+      n // config.batch_size)
   if steps == 0:
     raise UserError(f"--bs={config.batch_size} is larger than the "
                     f"{n} training rows; use a smaller batch size")
@@ -390,17 +404,26 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   order = lambda epoch: epoch_batches(order_key, epoch, n, config.batch_size,
                                       config.sampling)
   train, valid, out_shardings, put = data.train, data.valid, None, None
+  epoch_fn = train_epoch
   if mesh is not None:
-    sharding.check_batch(config.batch_size, mesh)
     shardings = sharding.state_sharding(state, mesh,
                                         (model.n_users, model.n_items))
-    state = jax.device_put(state, shardings)
-    train, valid = jax.device_put((train, valid), sharding.replicated(mesh))
+    state = sharding.put(state, shardings)
+    train, valid = sharding.put((train, valid), sharding.replicated(mesh))
     out_shardings = (shardings, sharding.replicated(mesh))
     put = lambda rows: jax.device_put(rows, sharding.batch_sharding(mesh))
+  if shards:
+    train = sharding.shard_rows(data.train, mesh)
+    order = lambda epoch: sharding.shard_batches(
+        order_key, epoch, n // shards, mesh, config.batch_size,
+        config.sampling, epoch_batches)
+    epoch_fn = functools.partial(train_epoch, take=sharding.local_take(mesh))
+    say(f"{shards} data shards of {n // shards:,} training rows each, "
+        f"{config.batch_size // shards} rows a step from each"
+        + (f" ({n % shards} rows left over)" if n % shards else ""))
   put = put or jax.device_put
   rows = order(first_epoch)
-  runner = jax.jit(train_epoch, donate_argnums=0, out_shardings=out_shardings)
+  runner = jax.jit(epoch_fn, donate_argnums=0, out_shardings=out_shardings)
   compiled = runner.lower(state, train, put(rows[:chunk])).compile()
   run = lambda st, part: (compiled if len(part) == chunk else runner)(
       st, train, put(part))

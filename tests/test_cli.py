@@ -129,6 +129,11 @@ ERROR_CASES = [
     (["--ratings_file={tmp}/high.tsv"], "lie outside --y_range=0,5.5"),
     (["--param_dtype=float16"], "--param_dtype=float16 must be one of"),
     (["--compute_dtype=int8"], "--compute_dtype=int8 must be one of"),
+    (["--num_processes=2"], "needs --coordinator_address"),
+    (["--num_processes=2", "--coordinator_address=127.0.0.1:1",
+      "--process_id=2"], "--process_id=2 must lie in [0, 2)"),
+    (["--num_processes=0"], "--num_processes=0 must be at least 1"),
+    (["--shard_data"], "--shard_data shards over --mesh"),
 ]
 
 
