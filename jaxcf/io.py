@@ -55,13 +55,20 @@ def _check_file(path: str, what: str) -> None:
 
 
 def _encoding(path: str, encoding: str | None) -> str:
-  """Returns `encoding`, or UTF-8 when the file decodes as UTF-8, else latin-1."""
+  """Returns `encoding`, or UTF-8 when the file decodes as UTF-8, else latin-1.
+
+  Reads the file in 16 MiB blocks, so a file of any size is checked in
+  bounded memory.
+  """
   if encoding:
     return encoding
-  with open(path, "rb") as f:
-    data = f.read()
+  import codecs  # pylint: disable=g-import-not-at-top
+  decoder = codecs.getincrementaldecoder("utf-8")()
   try:
-    data.decode("utf-8")
+    with open(path, "rb") as f:
+      while block := f.read(1 << 24):
+        decoder.decode(block)
+    decoder.decode(b"", final=True)
     return "utf-8"
   except UnicodeDecodeError:
     return "latin-1"
@@ -242,7 +249,8 @@ def _auto_columns(path: str, sep: str | None, encoding: str | None,
 
 def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
                  sep: str | None = None, header: bool | None = None,
-                 encoding: str | None = None) -> pd.DataFrame:
+                 encoding: str | None = None,
+                 chunk_rows: int = 1_000_000) -> pd.DataFrame:
   """Reads a ratings file: one (user, item, rating[, timestamp]) per line.
 
   Args:
@@ -251,6 +259,11 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
       header name or a 0-based position; None finds them by common header
       names (userId, movieId, rating, ...) or takes positions 0, 1, 2[, 3].
     sep, header, encoding: as in `read_columns`.
+    chunk_rows: lines parsed at a time. A file of integer ids and finite
+      numbers is read by pandas' C parser straight into numeric arrays,
+      `chunk_rows` lines at a time (no Python object per field, so a 100M-row
+      file needs about its arrays' memory); any other file goes through
+      the checked string path, which names the first bad line.
 
   Returns:
     A DataFrame with columns user and item (int64 when every id is an
@@ -266,6 +279,13 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
       raise UserError(f"--columns names {len(columns)} columns; give 3 "
                       "(user,item,rating) or 4 (user,item,rating,timestamp)")
     cols = dict(zip(("user", "item", "rating", "timestamp"), columns))
+  fast = _read_numeric(path, cols, sep=sep, header=header, encoding=encoding,
+                       chunk_rows=chunk_rows)
+  if fast is not None:
+    if len(fast) == 0:
+      raise UserError(f"{what} {path} holds no ratings (only a header or "
+                      "blank lines)")
+    return fast
   raw, line = read_columns(path, cols, sep=sep, header=header,
                            encoding=encoding, what=what, numeric="rating")
   if len(raw) == 0:
@@ -281,6 +301,58 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
     out["timestamp"] = parse_numbers(
         raw["timestamp"].to_numpy(), line, path=path, name="timestamp",
         what=what).astype(np.int64)
+  return out
+
+
+def _read_numeric(path: str, cols: Mapping[str, Column], *, sep, header,
+                  encoding, chunk_rows: int) -> pd.DataFrame | None:
+  """The fast path of `read_ratings`, or None when the file needs the checked
+  one (string ids, a malformed or non-finite field, a multi-character
+  separator, ...): that path then reports or reads it."""
+  encoding = _encoding(path, encoding)
+  first = _first_line(path, encoding)
+  sep = sep or sniff_separator(first)
+  if len(sep) != 1:
+    return None
+  if header is None:
+    header = _looks_like_header(first, sep, cols, "rating")
+  if any(isinstance(c, str) for c in cols.values()):
+    if not header:
+      return None
+    fields = [f.strip() for f in _split(first, sep)]
+    if any(isinstance(c, str) and fields.count(c) != 1
+           for c in cols.values()):
+      return None
+    cols = {k: fields.index(c) if isinstance(c, str) else c
+            for k, c in cols.items()}
+  kinds = {"user": np.int64, "item": np.int64, "rating": np.float64,
+           "timestamp": np.float64}
+  by_position = {c: k for k, c in cols.items()}
+  parts = {k: [] for k in cols}
+  try:
+    reader = pd.read_csv(
+        # No usecols: with it the parser would let a line with extra
+        # fields pass; without it such a line stops the read.
+        path, sep=sep, header=None, skiprows=1 if header else 0,
+        encoding=encoding, engine="c",
+        dtype={c: kinds[k] for c, k in by_position.items()},
+        na_filter=False, skip_blank_lines=True, chunksize=chunk_rows)
+    with reader:
+      for chunk in reader:
+        for c, k in by_position.items():
+          parts[k].append(chunk[c].to_numpy())
+  except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError,
+          IndexError):
+    return None
+  arrays = {k: np.concatenate(v) if v else np.zeros(0, kinds[k])
+            for k, v in parts.items()}
+  if not (np.isfinite(arrays["rating"]).all()
+          and np.isfinite(arrays.get("timestamp", 0.0)).all()):
+    return None
+  out = pd.DataFrame({"user": arrays["user"], "item": arrays["item"],
+                      "rating": arrays["rating"].astype(np.float32)})
+  if "timestamp" in arrays:
+    out["timestamp"] = arrays["timestamp"].astype(np.int64)
   return out
 
 

@@ -320,7 +320,7 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
 
 
 def _describe(key: tuple) -> str:
-  model, n_factors, layers, no_range, id_dropout = key
+  model, n_factors, layers, no_range, id_dropout, param_dtype, _ = key
   parts = [model]
   if n_factors is not None:
     parts.append(f"n_factors={n_factors}")
@@ -330,4 +330,6 @@ def _describe(key: tuple) -> str:
     parts.append("y_range=none")
   if id_dropout:
     parts.append(f"id_dropout={id_dropout}")
+  if param_dtype != "float32":
+    parts.append(f"param_dtype={param_dtype}")
   return " ".join(parts)

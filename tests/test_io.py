@@ -170,3 +170,50 @@ def test_a_malformed_line_is_reported_or_counted(tmp_path_factory, rows,
     return
   blank = not junk.strip()
   assert len(df) == len(rows) + (0 if blank else 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(1, 10**9), st.integers(1, 10**6),
+                               st.sampled_from([0.5, 1.0, 3.5, 5.0]),
+                               st.integers(0, 2**40)),
+                     min_size=1, max_size=60),
+       chunk=st.integers(1, 9), header=st.booleans())
+def test_chunked_numeric_read_keeps_every_row(tmp_path_factory, rows, chunk,
+                                              header):
+  path = tmp_path_factory.mktemp("big") / "r.csv"
+  text = "userId,movieId,rating,timestamp\n" if header else ""
+  text += "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows)
+  path.write_text(text)
+  table = io.read_ratings(str(path), chunk_rows=chunk)
+  assert len(table) == len(rows)
+  expected = np.array(rows, dtype=np.float64)
+  np.testing.assert_array_equal(table["user"], expected[:, 0])
+  np.testing.assert_array_equal(table["item"], expected[:, 1])
+  np.testing.assert_array_equal(table["rating"], expected[:, 2])
+  np.testing.assert_array_equal(table["timestamp"],
+                                np.array([r[3] for r in rows]))
+  assert table["user"].dtype == np.int64
+  assert table["rating"].dtype == np.float32
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("7\t8\tgood", "line 2502: rating 'good' is not a number"),
+    ("7\t8", "line 2502: the rating field is missing"),
+    ("7\t8\t4\t1", "Expected 3 fields in line 2502"),
+    ("7\t8\tinf", "line 2502: rating 'inf' is not a finite number"),
+])
+def test_a_bad_line_after_many_chunks_is_named(tmp_path, bad, message):
+  lines = ["1\t2\t4"] * 2501 + [bad] + ["3\t4\t5"] * 10
+  path = tmp_path / "r.tsv"
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(UserError, match=message):
+    io.read_ratings(str(path), chunk_rows=100)
+
+
+def test_string_ids_take_the_checked_path(tmp_path):
+  path = tmp_path / "r.csv"
+  path.write_text("user,item,rating\nu1,m1,4\nu2,7,3.5\n\nu1,8,1\n")
+  table = io.read_ratings(str(path), chunk_rows=1)
+  assert list(table["user"]) == ["u1", "u2", "u1"]
+  assert list(table["item"]) == ["m1", "7", "8"]
+  np.testing.assert_array_equal(table["rating"], [4, 3.5, 1])
