@@ -21,6 +21,8 @@ import tempfile
 
 from absl import app, flags
 
+import report  # beside this file
+
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_string("out", None, "Also write the markdown table here.")
 FLAGS = flags.FLAGS
@@ -47,11 +49,7 @@ def main(argv):
     lines.append(f"| {name} | {summary['final']['valid_loss']:.6f} | "
                  f"{summary['train_samples_per_second']:,.0f} |")
     print(lines[-1], flush=True)
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ over fastai's seed-42/1/2 splits, and the seconds per epoch on this device
 from __future__ import annotations
 
 import itertools
-import os
 
 from absl import app, flags
 import numpy as np
 
 import parity  # the fastai splits loader, beside this file
+import report  # beside this file
 from jaxcf import models, training
 
 DTYPES = (("float32", "float32"), ("float32", "bfloat16"),
@@ -48,12 +48,7 @@ def main(argv):
                  f"{compute_dtype} | " + " | ".join(f"{f:.4f}" for f in finals)
                  + f" | **{np.mean(finals):.4f}** | {np.median(seconds):.2f} |")
     print(lines[-1], flush=True)
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import time
 from absl import app, flags
 import numpy as np
 
+import report  # beside this file
+
 flags.DEFINE_integer("rows", 10_000_000, "Ratings in the file.")
 flags.DEFINE_string("out", None, "Also write the markdown table here.")
 flags.DEFINE_string("_child", None, "internal: what to measure")
@@ -84,11 +86,7 @@ def main(argv):
                    f"{result['rows'] / result['seconds']:,.0f} | "
                    f"{result['peak']:.2f} |")
       print(lines[-1], flush=True)
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+import report  # beside this file
+
 flags.DEFINE_string("out", None, "Also write the markdown table here.")
 FLAGS = flags.FLAGS
 
@@ -82,11 +84,7 @@ def main(argv):
   lines = ["| bs 8192, 480k x 18k tables, 50 factors | ms per step |",
            "|---|---|"]
   lines += [f"| {name} | {ms:.2f} |" for name, ms in rows]
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

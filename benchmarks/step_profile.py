@@ -19,6 +19,8 @@ import time
 
 from absl import app, flags
 
+import report  # beside this file
+
 flags.DEFINE_string("out", None, "Also write the markdown table here.")
 flags.DEFINE_integer("repeats", 5, "Epochs timed (the best counts).")
 FLAGS = flags.FLAGS
@@ -76,11 +78,7 @@ def main(argv):
   lines = ["| bs 64 step, one core | us per step | samples/s |",
            "|---|---|---|"]
   lines += [f"| {name} | {us:.0f} | {sps:,.0f} |" for name, us, sps in rows]
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

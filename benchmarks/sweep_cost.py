@@ -20,6 +20,8 @@ import time
 
 from absl import app, flags
 
+import report  # beside this file
+
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_list("batch_sizes", ["64", "1024"], "Batch sizes.")
 flags.DEFINE_list("models", ["dot_bias", "embedding_nn"], "Models.")
@@ -55,11 +57,7 @@ def main(argv):
                    f"{swept:.1f} | {many / swept:.1f}x | "
                    f"{swept / one:.1f}x |")
       print(lines[-1], flush=True)
-  text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  report.emit(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import data, datasets, models, optim, training
+from jaxcf import datasets, models, optim, training
 from jaxcf.data import Ratings
 from jaxcf.errors import UserError
 
