@@ -373,7 +373,8 @@ class TrainedModel:
     name = f"{kind}_{what}"
     if name not in self.state.params:
       raise UserError(f"model {self.spec['model']} has no {kind} {what}")
-    return np.asarray(self.state.params[name]["embedding"])
+    # float32 whatever the stored dtype: numpy and pandas know no bfloat16.
+    return np.asarray(self.state.params[name]["embedding"], np.float32)
 
   # Ranking quality -----------------------------------------------------------
 

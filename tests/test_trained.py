@@ -303,6 +303,14 @@ def test_bfloat16_model_trains_saves_loads_and_exports(tiny, tmp_path):
   items = model.items.decode(np.asarray(data.valid.items))
   np.testing.assert_array_equal(again.predict(users, items),
                                 model.predict(users, items))
+  # Everything a user calls works on bfloat16 weights, in float32.
+  user, item = model.users.decode([2])[0], model.items.decode([3])[0]
+  assert model.biases("item")["bias"].dtype == np.float32
+  assert len(model.similar_items(item, k=3, min_ratings=1)) == 3
+  assert len(model.recommend(user, k=3)) == 3
+  assert model.pca(n=2, top=10).shape[1] >= 2
+  folded = model.fold_in({item: 5.0, model.items.decode([4])[0]: 1.0})
+  assert np.isfinite(model.predict_for(folded, [item])).all()
   model.export_npz(str(tmp_path / "m.npz"))
   npz = np.load(tmp_path / "m.npz", allow_pickle=False)
   table = npz["params/user_factors/embedding"]
