@@ -5,7 +5,9 @@ ratings: the whole `rowwise_adagrad` and `lazy_adamw` epochs of dot_bias,
 and the pieces every such step does — finding the distinct ids of a batch
 (one packed sort per table), gathering the rows and scattering them back
 into a 480k x 50 table, and the scatter-add that builds a [8192, 50]
-gradient. XLA:CPU runs scatters one element at a time, so they bound the
+gradient, and a scatter alone into tables of width 1 and 50. Row scatters
+into a table far larger than the caches cost in proportion to the bytes
+moved (memory traffic to random rows), and with the gathers they bound the
 step.
 
   python benchmarks/sparse_profile.py --out=benchmarks/results/sparse_profile.md
@@ -73,6 +75,14 @@ def main(argv):
 
   timed("... + gather 8192 rows of 480k x 50 and scatter them back",
         scan(move_rows, lambda t: t), jnp.zeros((N_USERS, F)))
+
+  for width in (1, F):
+    def set_rows(table, b):
+      return table.at[data.users[b]].set(jnp.ones((BS, table.shape[1])),
+                                         mode="drop"), None
+
+    timed(f"scatter alone: 8192 rows of width {width} into 480k rows",
+          scan(set_rows, lambda t: t), jnp.zeros((N_USERS, width)))
 
   def grad_rows(c, b):
     slots = data.users[b] % BS
