@@ -370,10 +370,11 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
       board.epoch(row)
 
   checkpoints = None
-  if FLAGS.workdir and jax.process_count() == 1:
-    directory = os.path.join(FLAGS.workdir, "checkpoints")
-    if FLAGS.restart:
+  if RUN_DIR["workdir"]:  # every process checkpoints (its shards)
+    directory = os.path.join(RUN_DIR["workdir"], "checkpoints")
+    if FLAGS.restart and distributed.is_leader():
       shutil.rmtree(directory, ignore_errors=True)
+    distributed.barrier("restart")
     fingerprint = {**{name: FLAGS[name].value for name in RUN_FLAGS},
                    "n_train": data.train.size, "n_valid": data.valid.size}
     checkpoints = resume.RunCheckpoints(directory, fingerprint,
@@ -384,15 +385,18 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
                           checkpoints=checkpoints,
                           checkpoint_every=FLAGS.checkpoint_every,
                           chunk_steps=FLAGS.checkpoint_steps or None,
-                          stop_requested=stop.requested, mesh=mesh,
+                          stop_requested=lambda: distributed.any_process(
+                              stop.requested()), mesh=mesh,
                           shard_data=FLAGS.shard_data,
                           log=print if distributed.is_leader() else None)
   if result.stopped:
     where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
              "command to continue" if checkpoints else "nothing was saved "
              "(no --workdir)")
-    print(f"stopped by {stop.name}; {where}", file=sys.stderr)
-    sys.exit(128 + stop.signum)
+    # With several processes, one signalled process stops them all.
+    print(f"stopped by {stop.name or 'a signal to another process'}; "
+          f"{where}", file=sys.stderr)
+    sys.exit(128 + (stop.signum or signal.SIGTERM))
   state = result.state
   if jax.process_count() > 1:  # gathered, for this process's devices alone
     state = state.replace(params=distributed.to_host(state.params),
@@ -522,11 +526,17 @@ def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
   return "\n".join(lines)
 
 
+# The --workdir every process shares for checkpoints (only process 0 keeps
+# FLAGS.workdir for the run's other files).
+RUN_DIR = {"workdir": None}
+
+
 def join_processes() -> None:
   """With --num_processes > 1: joins the others; only process 0 prints and
   writes files (the others keep stderr)."""
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
+  RUN_DIR["workdir"] = FLAGS.workdir
   if FLAGS.num_processes == 1:
     return
   if not FLAGS.mesh:
@@ -535,7 +545,9 @@ def join_processes() -> None:
   print(f"process {jax.process_index()} of {jax.process_count()}: "
         f"{jax.local_device_count()} of {jax.device_count()} devices",
         file=sys.stderr, flush=True)
-  if not distributed.is_leader():
+  if FLAGS.workdir:
+    distributed.check_same(os.path.abspath(FLAGS.workdir), "--workdir")
+  if not distributed.is_leader():  # checkpoints still go to RUN_DIR
     FLAGS.workdir, FLAGS.plot, FLAGS.tensorboard = None, False, False
     sys.stdout = open(os.devnull, "w")
 

@@ -67,3 +67,23 @@ def barrier(name: str) -> None:
   """Waits until every process gets here (nothing with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true in any process (every process must call it at
+  the same point: it is a collective)."""
+  if jax.process_count() == 1:
+    return flag
+  flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+  return bool(np.asarray(flags).any())
+
+
+def check_same(text: str, what: str) -> None:
+  """Refuses to go on unless every process was given the same `text`."""
+  if jax.process_count() == 1:
+    return
+  data = np.frombuffer(text.encode()[:4096].ljust(4096, b"\0"), np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(data[None]))
+  if not (every == data).all():
+    raise UserError(f"every process needs the same {what} (a folder they "
+                    f"all see); process {jax.process_index()} has {text}")

@@ -3,6 +3,7 @@ one process with two devices does: real subprocesses of train.py."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_two_processes_equal_one_process_with_two_devices(tiny_ml, tmp_path,
   procs = [subprocess.Popen(
       common + [f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2", f"--process_id={i}",
-                f"--workdir={tmp_path / f'p{i}'}"],
+                f"--workdir={tmp_path / 'p'}"],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
            for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
@@ -54,12 +55,11 @@ def test_two_processes_equal_one_process_with_two_devices(tiny_ml, tmp_path,
   assert "process 1 of 2: 1 of 2 devices" in outs[1][1]
   # Only process 0 prints and writes (Gloo's C++ says hello to stdout).
   assert [l for l in outs[1][0].splitlines() if "[Gloo]" not in l] == []
-  assert not (tmp_path / "p1").exists()
   assert "final valid MSE" in outs[0][0]
-  np.testing.assert_allclose(_valid_losses(tmp_path / "p0"),
+  np.testing.assert_allclose(_valid_losses(tmp_path / "p"),
                              _valid_losses(tmp_path / "single"), rtol=1e-5)
   # The model process 0 saved is whole (gathered when sharded) and usable.
-  a, b = trained.load(str(tmp_path / "p0")), trained.load(
+  a, b = trained.load(str(tmp_path / "p")), trained.load(
       str(tmp_path / "single"))
   np.testing.assert_allclose(
       np.asarray(a.state.params["item_factors"]["embedding"]),
@@ -67,3 +67,73 @@ def test_two_processes_equal_one_process_with_two_devices(tiny_ml, tmp_path,
   user = a.users.decode([1])[0]
   assert list(a.recommend(user, k=3)["item"]) == list(
       b.recommend(user, k=3)["item"])
+
+
+def _checkpoints(workdir) -> list[int]:
+  folder = workdir / "checkpoints"
+  return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) \
+      if folder.exists() else []
+
+
+def test_two_processes_stop_together_and_resume_exactly(tiny_ml, tmp_path):
+  common = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
+            "--epochs=12", "--bs=8", "--n_factors=8", "--mesh=data:2"]
+  single = subprocess.run(
+      common + ["--shard_data", f"--workdir={tmp_path / 'single'}"],
+      capture_output=True, text=True, env=_env(2), timeout=300)
+  assert single.returncode == 0, single.stderr
+  workdir = tmp_path / "shared"
+
+  def start():
+    port = _free_port()
+    return [subprocess.Popen(
+        common + [f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}",
+                  f"--workdir={workdir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env()) for i in range(2)]
+
+  def wait_for_checkpoint(procs, after: int) -> None:
+    while not [s for s in _checkpoints(workdir) if s > after]:
+      assert all(p.poll() is None for p in procs), [
+          p.communicate()[1] for p in procs]
+
+  # SIGTERM to one process: both stop after the same epoch, checkpointed.
+  procs = start()
+  wait_for_checkpoint(procs, 0)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs
+  assert "stopped by SIGTERM" in outs[1][1]
+  assert "stopped by a signal to another process" in outs[0][1]
+  stopped_at = _checkpoints(workdir)[-1]
+  # Resumed, then SIGKILLed, both of them, at the next checkpoint.
+  procs = start()
+  wait_for_checkpoint(procs, stopped_at)
+  for p in procs:
+    p.kill()
+    p.wait()
+  # Resumed again, to the end: the metrics of the uninterrupted run.
+  procs = start()
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  assert "resuming at epoch" in outs[0][0]
+  np.testing.assert_allclose(_valid_losses(workdir),
+                             _valid_losses(tmp_path / "single"), rtol=1e-5)
+  assert len(_valid_losses(workdir)) == 12
+
+
+def test_processes_must_share_the_workdir(tiny_ml, tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
+       "--epochs=1", "--mesh=data:2", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}",
+       f"--workdir={tmp_path / str(i)}"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+           for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 2, err
+    assert "error: every process needs the same --workdir" in err
+    assert "Traceback" not in err
