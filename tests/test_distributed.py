@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +98,7 @@ def test_two_processes_stop_together_and_resume_exactly(tiny_ml, tmp_path):
     while not [s for s in _checkpoints(workdir) if s > after]:
       assert all(p.poll() is None for p in procs), [
           p.communicate()[1] for p in procs]
+      time.sleep(0.05)
 
   # SIGTERM to one process: both stop after the same epoch, checkpointed.
   procs = start()
