@@ -272,6 +272,9 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
   """
   what = "ratings file"
   _check_file(path, what)
+  # Decided once here: finding it reads the whole file, and the column
+  # guess, the fast path and the checked path all need it.
+  encoding = _encoding(path, encoding)
   if columns is None:
     cols = _auto_columns(path, sep, encoding, what)
   else:
@@ -308,8 +311,8 @@ def _read_numeric(path: str, cols: Mapping[str, Column], *, sep, header,
                   encoding, chunk_rows: int) -> pd.DataFrame | None:
   """The fast path of `read_ratings`, or None when the file needs the checked
   one (string ids, a malformed or non-finite field, a multi-character
-  separator, ...): that path then reports or reads it."""
-  encoding = _encoding(path, encoding)
+  separator, ...): that path then reports or reads it. `encoding` is
+  already decided."""
   first = _first_line(path, encoding)
   sep = sep or sniff_separator(first)
   if len(sep) != 1:
