@@ -217,3 +217,36 @@ def test_string_ids_take_the_checked_path(tmp_path):
   assert list(table["user"]) == ["u1", "u2", "u1"]
   assert list(table["item"]) == ["m1", "7", "8"]
   np.testing.assert_array_equal(table["rating"], [4, 3.5, 1])
+
+
+@pytest.mark.parametrize("line, user, rating", [
+    ("TRUE,7,4", "TRUE", 4.0),  # the C parser alone would read 1
+    ("1.0,7,4", "1.0", 4.0),  # ... and 1
+    ("1e3,7,4", "1e3", 4.0),  # ... and 1000
+    ("5,7,4.5", 5, 4.5),
+])
+def test_what_the_fast_path_reads_the_checked_path_reads_too(tmp_path, line,
+                                                             user, rating):
+  path = tmp_path / "r.csv"
+  path.write_text("2,3,1\n" + line + "\n")
+  table = io.read_ratings(str(path), chunk_rows=1)
+  assert list(table["user"])[1] in (user, str(user))
+  assert [str(u) for u in table["user"]] == ["2", str(user)]
+  assert table["rating"].iloc[1] == rating
+
+
+def test_a_boolean_rating_is_refused(tmp_path):
+  path = tmp_path / "r.csv"
+  path.write_text("2,3,1\n5,7,TRUE\n")
+  with pytest.raises(UserError, match="line 2: rating 'TRUE' is not a number"):
+    io.read_ratings(str(path))
+
+
+@pytest.mark.parametrize("block", [3, 8, 1000])
+def test_lines_across_blocks_are_checked_whole(tmp_path, monkeypatch, block):
+  monkeypatch.setattr(io, "_BLOCK", block)
+  path = tmp_path / "r.csv"
+  path.write_text("1,2,3.5\n" * 50 + "1.5,2,3\n")
+  assert not io._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
+  path.write_text("1,2,3.5\n" * 50 + "7,2,3")  # no final line end
+  assert io._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
