@@ -29,6 +29,17 @@ def _env(devices: int = 1) -> dict:
   return env
 
 
+def _start_two(args, own_args=((), ())) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of a two-process train.py run over loopback, each
+  with `args` and its own `own_args[i]`."""
+  port = _free_port()
+  return [subprocess.Popen(
+      args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+              f"--process_id={i}", *own_args[i]],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+          for i in range(2)]
+
+
 def _valid_losses(workdir) -> list[float]:
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   return [json.loads(r)["valid_loss"] for r in rows]
@@ -43,13 +54,7 @@ def test_two_processes_equal_one_process_with_two_devices(tiny_ml, tmp_path,
       common + ["--shard_data", f"--workdir={tmp_path / 'single'}"],
       capture_output=True, text=True, env=_env(2), timeout=300)
   assert single.returncode == 0, single.stderr
-  port = _free_port()
-  procs = [subprocess.Popen(
-      common + [f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2", f"--process_id={i}",
-                f"--workdir={tmp_path / 'p'}"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-           for i in range(2)]
+  procs = _start_two(common + [f"--workdir={tmp_path / 'p'}"])
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err
@@ -86,13 +91,7 @@ def test_two_processes_stop_together_and_resume_exactly(tiny_ml, tmp_path):
   workdir = tmp_path / "shared"
 
   def start():
-    port = _free_port()
-    return [subprocess.Popen(
-        common + [f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", f"--process_id={i}",
-                  f"--workdir={workdir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=_env()) for i in range(2)]
+    return _start_two(common + [f"--workdir={workdir}"])
 
   def wait_for_checkpoint(procs, after: int) -> None:
     while not [s for s in _checkpoints(workdir) if s > after]:
@@ -126,14 +125,9 @@ def test_two_processes_stop_together_and_resume_exactly(tiny_ml, tmp_path):
 
 
 def test_processes_must_share_the_workdir(tiny_ml, tmp_path):
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
-       "--epochs=1", "--mesh=data:2", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}",
-       f"--workdir={tmp_path / str(i)}"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-           for i in range(2)]
+  procs = _start_two([sys.executable, str(REPO / "train.py"),
+                      f"--data_dir={tiny_ml}", "--epochs=1", "--mesh=data:2"],
+                     [[f"--workdir={tmp_path / str(i)}"] for i in range(2)])
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 2, err
