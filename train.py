@@ -356,11 +356,14 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
   device = jax.devices()[0]
   print(f"model {replica.model}: {models.count_params(model):,} parameters; "
         f"device {device.platform} ({device.device_kind})")
-  metrics = Metrics(FLAGS.workdir)
+  # Every process checkpoints into --workdir; only process 0 writes the
+  # run's other files there.
+  out = FLAGS.workdir if distributed.is_leader() else None
+  metrics = Metrics(out)
   board = None
-  if FLAGS.tensorboard:
+  if FLAGS.tensorboard and out:
     steps = data.train.size // config.batch_size * config.epochs
-    board = tblog.Writer(os.path.join(FLAGS.workdir, "tensorboard"), steps,
+    board = tblog.Writer(os.path.join(out, "tensorboard"), steps,
                          config.lr, config.pct_start, config.div,
                          config.div_final, config.moms)
 
@@ -370,8 +373,8 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
       board.epoch(row)
 
   checkpoints = None
-  if RUN_DIR["workdir"]:  # every process checkpoints (its shards)
-    directory = os.path.join(RUN_DIR["workdir"], "checkpoints")
+  if FLAGS.workdir:  # every process checkpoints (its shards)
+    directory = os.path.join(FLAGS.workdir, "checkpoints")
     if FLAGS.restart and distributed.is_leader():
       shutil.rmtree(directory, ignore_errors=True)
     distributed.barrier("restart")
@@ -418,8 +421,8 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
       "train_samples_per_second": result.samples_per_second,
       **_context(data),
   }
-  if FLAGS.workdir:
-    _write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
+  if out:
+    _write_json(os.path.join(out, "summary.json"), summary)
     if FLAGS.dataset == "synthetic":  # no ids or titles worth a model file
       print(f"wrote {metrics.path} and summary.json")
       return summary
@@ -434,9 +437,9 @@ def run_single(replica: sweep.Replica, data, config) -> dict:
                         labels, "item_factors")
       board.close()
       print(f"wrote TensorBoard events: tensorboard --logdir="
-            f"{os.path.join(FLAGS.workdir, 'tensorboard')}")
+            f"{os.path.join(out, 'tensorboard')}")
     if FLAGS.plot:
-      path = os.path.join(FLAGS.workdir, "loss.png")
+      path = os.path.join(out, "loss.png")
       plots.loss_plot(result.history, path)
       print(f"wrote {path}")
   return summary
@@ -526,17 +529,11 @@ def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
   return "\n".join(lines)
 
 
-# The --workdir every process shares for checkpoints (only process 0 keeps
-# FLAGS.workdir for the run's other files).
-RUN_DIR = {"workdir": None}
-
-
 def join_processes() -> None:
   """With --num_processes > 1: joins the others; only process 0 prints and
   writes files (the others keep stderr)."""
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
-  RUN_DIR["workdir"] = FLAGS.workdir
   if FLAGS.num_processes == 1:
     return
   if not FLAGS.mesh:
@@ -547,8 +544,7 @@ def join_processes() -> None:
         file=sys.stderr, flush=True)
   if FLAGS.workdir:
     distributed.check_same(os.path.abspath(FLAGS.workdir), "--workdir")
-  if not distributed.is_leader():  # checkpoints still go to RUN_DIR
-    FLAGS.workdir, FLAGS.plot, FLAGS.tensorboard = None, False, False
+  if not distributed.is_leader():  # run_single writes files on 0 only
     sys.stdout = open(os.devnull, "w")
 
 
