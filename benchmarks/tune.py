@@ -8,10 +8,13 @@ Chosen on the inner split:
 1. the best dot_bias configuration: n_factors x lr x wd x epochs (54);
 2. the best side_nn configuration (user, item and time features): lr x wd
    (4);
-3. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
+3. with --autorec, two AutoRec families (`jaxcf.autorec`): one sigmoid
+   layer of 500 with 30% input dropout, and two layers of 500; for each, the
+   L2 weight (50/100/200) and the number of full-batch epochs (100..1000);
+4. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
    with replacement (bagging, wd re-chosen from 0.02/0.05/0.1) with 16
-   seeds; the best side_nn with 4 seeds; and the weights mixing these three
-   families (a grid on the simplex).
+   seeds; the best side_nn with 4 seeds; each AutoRec family with 4 seeds;
+   and the weights mixing these families (a grid on the simplex).
 
 Reported on the test rows: the book's recipe (mean over 8 seeds), the tuned
 dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
@@ -21,6 +24,8 @@ dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
       --out=benchmarks/results/tune_fastai
   python benchmarks/tune.py --data_dir=../shared/data --splits=u1,u2,u3,u4,u5 \
       --item_name=movie --out=benchmarks/results/tune_folds
+  python benchmarks/tune.py --data_dir=../shared/data --splits=u1 \
+      --item_name=movie --autorec --out=benchmarks/results/tune_u1_autorec
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import time
 from absl import app, flags
 import numpy as np
 
-from jaxcf import data, datasets, features, movielens, sweep, training
+from jaxcf import (autorec, data, datasets, features, movielens, sweep,
+                   training)
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_list("splits", ["fastai"],
@@ -43,6 +49,8 @@ flags.DEFINE_string("item_name", "title", "title (the book) or movie (ids, "
                     "as published results use).")
 flags.DEFINE_integer("seeds", 16, "Seeds of each dot_bias family.")
 flags.DEFINE_integer("nn_seeds", 4, "Seeds of the side_nn family.")
+flags.DEFINE_bool("autorec", False, "Also tune and mix two AutoRec families "
+                  "(about 25 extra minutes per split on 2 cores).")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
 
@@ -54,6 +62,10 @@ NN_GRID = dict(model=["side_nn"], lr=[3e-3, 5e-3], wd=[0.1, 0.3])
 NN_EPOCHS = 5
 BAG_WDS = (0.02, 0.05, 0.1)
 WEIGHT_STEP = 0.05
+AUTOREC = {"autorec": autorec.AutoRecConfig(layers=(500,), dropout=0.3),
+           "autorec_deep": autorec.AutoRecConfig(layers=(500, 500))}
+AUTOREC_LAMS = (50.0, 100.0, 200.0)
+AUTOREC_EPOCHS, AUTOREC_EVERY, AUTOREC_SEEDS = 1000, 100, 4
 
 
 def splits(table, folder):
@@ -108,11 +120,13 @@ def tune(d: data.CollabData, log) -> dict:
   truth = np.asarray(d.valid.ratings, np.float64)
   dot = mean_prediction(train(d, seeds(best, FLAGS.seeds), epochs))
   nnp = mean_prediction(train(d, seeds(nn, FLAGS.nn_seeds), NN_EPOCHS))
+  recs = tune_autorec(d, log) if FLAGS.autorec else {}
+  extra = [autorec_ensemble(d, *recs[name]) for name in recs]
   choice = None
   for wd in BAG_WDS:
     bag = mean_prediction(train(d, seeds(dataclasses.replace(best, wd=wd),
                                          FLAGS.seeds), epochs, "replacement"))
-    weights, loss = mix([dot, bag, nnp], truth)
+    weights, loss = mix([dot, bag, nnp, *extra], truth)
     if choice is None or loss < choice[2]:
       choice = (wd, weights, loss)
   bag_wd, weights, loss = choice
@@ -120,7 +134,29 @@ def tune(d: data.CollabData, log) -> dict:
       f"bagging (wd {bag_wd}) and side_nn, weights "
       f"{tuple(round(float(w), 2) for w in weights)}: {loss:.4f}")
   return {"best": best, "epochs": epochs, "nn": nn, "bag_wd": bag_wd,
-          "weights": weights}
+          "weights": weights, "autorec": recs}
+
+
+def tune_autorec(d: data.CollabData, log) -> dict:
+  """{family: (config, epochs)}: the L2 weight and epoch count of each
+  AutoRec family with the lowest validation MSE on `d` (one seed)."""
+  chosen = {}
+  for name, base in AUTOREC.items():
+    results = autorec.train(
+        d, [dataclasses.replace(base, lam=lam) for lam in AUTOREC_LAMS],
+        AUTOREC_EPOCHS, AUTOREC_EVERY, log=None)
+    loss, config, epochs = min((h["valid_loss"], r.config, h["epoch"])
+                               for r in results for h in r.history)
+    log(f"  inner best {name}: lam {config.lam} epochs {epochs}: {loss:.4f}")
+    chosen[name] = (config, epochs)
+  return chosen
+
+
+def autorec_ensemble(d, config, epochs) -> np.ndarray:
+  results = autorec.train(d, [dataclasses.replace(config, seed=s)
+                              for s in range(AUTOREC_SEEDS)], epochs,
+                          AUTOREC_EVERY, log=None)
+  return np.mean([r.predictions for r in results], axis=0)
 
 
 def with_side(d, folder):
@@ -144,17 +180,25 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
                            FLAGS.seeds), c["epochs"], "replacement")
   nn = train(outer, seeds(c["nn"], FLAGS.nn_seeds), NN_EPOCHS)
   families = [mean_prediction(x) for x in (dot, bag, nn)]
+  recs = {name: autorec_ensemble(outer, *c["autorec"][name])
+          for name in c["autorec"]}
+  families += list(recs.values())
   out = {
       "chosen": {"dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
                  "side_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
-                 "weights (dot_bias, bagged, side_nn)": [
-                     float(w) for w in c["weights"]]},
+                 "weights (dot_bias, bagged, side_nn" + "".join(
+                     f", {n}" for n in recs) + ")": [
+                         float(w) for w in c["weights"]],
+                 **{n: {"lam": cfg.lam, "epochs": e, "layers": list(
+                     cfg.layers), "dropout": cfg.dropout}
+                    for n, (cfg, e) in c["autorec"].items()}},
       "book_single": float(np.mean([r.valid_loss for r in book])),
       "tuned_single": float(np.mean([r.valid_loss for r in dot])),
       "tuned_single_seed0": dot[0].valid_loss,
       "nn_single": float(np.mean([r.valid_loss for r in nn])),
       "dot_ensemble": mse(families[0]),
       "ensemble": mse(sum(w * p for w, p in zip(c["weights"], families))),
+      **{f"{n}_ensemble": mse(p) for n, p in recs.items()},
   }
   log("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()
                              if isinstance(v, float)))
@@ -165,6 +209,8 @@ COLUMNS = [("book_single", "book recipe (mean of 8 seeds)"),
            ("tuned_single", "tuned dot_bias (mean of 16 seeds)"),
            ("tuned_single_seed0", "tuned dot_bias, seed 0"),
            ("nn_single", "tuned side_nn (mean of 4 seeds)"),
+           ("autorec_ensemble", "AutoRec, 1 layer, 30% input dropout x 4 seeds"),
+           ("autorec_deep_ensemble", "AutoRec, 2 layers x 4 seeds"),
            ("dot_ensemble", "ensemble: tuned dot_bias x 16 seeds"),
            ("ensemble", "ensemble: + 16 bagged dot_bias + 4 side_nn")]
 
@@ -176,6 +222,10 @@ def markdown(results: dict[str, dict], rmse: bool) -> str:
   lines = [f"| test {unit} | " + " | ".join(names) + " | mean |",
            "|---|" + "---|" * (len(names) + 1)]
   for key, label in COLUMNS:
+    if any(key not in results[n] for n in names):
+      continue
+    if key == "ensemble" and "autorec_ensemble" in results[names[0]]:
+      label += " + both AutoRec families"
     values = [f(results[n][key]) for n in names]
     lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) +
                  f" | **{np.mean(values):.4f}** |")

@@ -1,0 +1,93 @@
+"""AutoRec: the rating matrix, learning, vmapped replicas equal solo runs."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcf import autorec, synthetic
+from jaxcf.data import Ratings
+from jaxcf.errors import UserError
+
+BASE = autorec.AutoRecConfig(layers=(32,), lam=1.0, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def low_rank():
+  return synthetic.generate(60, 40, 1500, rank=3, noise=0.1, valid_pct=0.2,
+                            log=None)
+
+
+def test_rating_matrix_places_each_rating_and_its_mask():
+  ratings = Ratings(jnp.asarray([1, 2, 2, 3]), jnp.asarray([4, 1, 4, 2]),
+                    jnp.asarray([5.0, 3.0, 1.0, 4.5]))
+  r, m = autorec.rating_matrix(ratings, n_users=5, n_items=6)
+  want = np.zeros((6, 5), np.float32)
+  want[[4, 1, 4, 2], [1, 2, 2, 3]] = [5.0, 3.0, 1.0, 4.5]
+  np.testing.assert_array_equal(r, want)
+  np.testing.assert_array_equal(m, want != 0)
+  r_user, m_user = autorec.rating_matrix(ratings, 5, 6, by="user")
+  np.testing.assert_array_equal(r_user, want.T)
+  np.testing.assert_array_equal(m_user, m.T)
+
+
+def test_rating_matrix_refuses_a_matrix_too_large(monkeypatch):
+  monkeypatch.setattr(autorec, "MAX_MATRIX_BYTES", 1000)
+  ratings = Ratings(jnp.asarray([1]), jnp.asarray([1]), jnp.asarray([3.0]))
+  with pytest.raises(UserError, match="dense 20 x 10 rating matrix"):
+    autorec.rating_matrix(ratings, n_users=10, n_items=20)
+  with pytest.raises(UserError, match="by='rows'"):
+    autorec.rating_matrix(ratings, 2, 2, by="rows")
+
+
+def test_training_learns_the_low_rank_ratings(low_rank):
+  baseline = float(jnp.mean((low_rank.valid.ratings -
+                             jnp.mean(low_rank.train.ratings))**2))
+  for by in ("item", "user"):
+    [result] = autorec.train(low_rank, [dataclasses.replace(BASE, by=by)],
+                             epochs=300, eval_every=100, log=None)
+    losses = [h["valid_loss"] for h in result.history]
+    assert [h["epoch"] for h in result.history] == [100, 200, 300]
+    assert losses[-1] < 0.6 * baseline, (by, losses, baseline)
+    assert result.history[-1]["train_loss"] < losses[-1]
+
+
+def test_predictions_decode_the_training_column(low_rank):
+  """The prediction for (u, i) is the reconstruction of item i's training
+  column at u, clipped to the training ratings' range."""
+  [result] = autorec.train(low_rank, [BASE], epochs=50, eval_every=50,
+                           log=None)
+  r, _ = autorec.rating_matrix(low_rank.train, low_rank.n_users,
+                               low_rank.n_items)
+  out = autorec.AutoRec(low_rank.n_users, BASE.layers).apply(
+      {"params": result.params}, r)
+  v = low_rank.valid
+  want = np.clip(np.asarray(out)[np.asarray(v.items), np.asarray(v.users)],
+                 float(low_rank.train.ratings.min()),
+                 float(low_rank.train.ratings.max()))
+  np.testing.assert_allclose(result.predictions, want, rtol=1e-5, atol=1e-5)
+  mse = float(np.mean((want - np.asarray(v.ratings))**2))
+  assert result.valid_loss == pytest.approx(mse, rel=1e-5)
+
+
+def test_each_replica_equals_its_solo_run(low_rank):
+  configs = [dataclasses.replace(BASE, seed=1),
+             dataclasses.replace(BASE, lam=10.0, lr=3e-3, dropout=0.3),
+             dataclasses.replace(BASE, layers=(16, 16), seed=2),
+             dataclasses.replace(BASE, by="user")]
+  together = autorec.train(low_rank, configs, epochs=40, eval_every=20,
+                           log=None)
+  losses = [r.valid_loss for r in together]
+  assert len(set(losses)) == len(losses)  # the settings do matter
+  for config, result in zip(configs, together):
+    [alone] = autorec.train(low_rank, [config], epochs=40, eval_every=20,
+                            log=None)
+    assert result.config == config
+    np.testing.assert_allclose(result.predictions, alone.predictions,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_training_errors(low_rank):
+  with pytest.raises(UserError, match="epochs"):
+    autorec.train(low_rank, [BASE], epochs=0, log=None)
