@@ -34,6 +34,7 @@ from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 
 MAX_MATRIX_BYTES = 2 << 30
+BY = ("item", "user")
 
 
 class AutoRec(nn.Module):
@@ -63,6 +64,18 @@ class AutoRecConfig:
   seed: int = 0
   by: str = "item"  # "item" (I-AutoRec) or "user" (U-AutoRec)
 
+  def __post_init__(self):
+    problems = [f"{name}={value!r} must be {rule}" for name, value, ok, rule in (
+        ("layers", self.layers, len(self.layers) > 0 and all(
+            isinstance(w, int) and w > 0 for w in self.layers),
+         "positive widths"),
+        ("dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
+        ("lam", self.lam, self.lam >= 0, ">= 0"),
+        ("lr", self.lr, self.lr > 0, "> 0"),
+        ("by", self.by, self.by in BY, f"one of {', '.join(BY)}")) if not ok]
+    if problems:
+      raise UserError("AutoRec: " + "; ".join(problems))
+
   @property
   def shape_key(self) -> tuple:
     return (tuple(self.layers), self.by)
@@ -88,10 +101,7 @@ def rating_matrix(ratings: Ratings, n_users: int, n_items: int,
   """(ratings, observed): float32 [n_items, n_users] (by='item') or the
   transpose (by='user'); 0 where unrated. Pairs are unique (loading
   resolves repeated pairs, see `data.resolve_duplicates`)."""
-  if by not in ("item", "user"):
-    raise UserError(f"AutoRec by={by!r}: choose 'item' or 'user'")
-  rows, cols = ((ratings.items, ratings.users) if by == "item"
-                else (ratings.users, ratings.items))
+  rows, cols = _pairs(ratings, by)
   shape = (n_items, n_users) if by == "item" else (n_users, n_items)
   nbytes = 2 * 4 * shape[0] * shape[1]
   if nbytes > MAX_MATRIX_BYTES:
@@ -106,6 +116,8 @@ def rating_matrix(ratings: Ratings, n_users: int, n_items: int,
 
 def _pairs(ratings: Ratings, by: str) -> tuple[jax.Array, jax.Array]:
   """(column, position in it) of each rating."""
+  if by not in BY:
+    raise UserError(f"AutoRec by={by!r}: choose one of {', '.join(BY)}")
   return ((ratings.items, ratings.users) if by == "item"
           else (ratings.users, ratings.items))
 

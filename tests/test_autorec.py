@@ -1,6 +1,7 @@
 """AutoRec: the rating matrix, learning, vmapped replicas equal solo runs."""
 
 import dataclasses
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +87,19 @@ def test_each_replica_equals_its_solo_run(low_rank):
     assert result.config == config
     np.testing.assert_allclose(result.predictions, alone.predictions,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": ()}, "layers=() must be positive widths"),
+    ({"layers": (8, 0)}, "positive widths"),
+    ({"dropout": 1.0}, "dropout=1.0 must be in"),
+    ({"lam": -1.0}, "lam=-1.0 must be >= 0"),
+    ({"lr": 0.0}, "lr=0.0 must be > 0"),
+    ({"by": "rows"}, "by='rows' must be one of item, user"),
+])
+def test_bad_configs_are_refused(change, message):
+  with pytest.raises(UserError, match=re.escape(message)):
+    dataclasses.replace(BASE, **change)
 
 
 def test_training_errors(low_rank):
