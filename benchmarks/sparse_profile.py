@@ -4,11 +4,12 @@ Times, each as a scanned loop over the same batches of 2M synthetic
 ratings: the whole `rowwise_adagrad` and `lazy_adamw` epochs of dot_bias,
 and the pieces every such step does — finding the distinct ids of a batch
 (one packed sort per table), gathering the rows and scattering them back
-into a 480k x 50 table, and the scatter-add that builds a [8192, 50]
-gradient, and a scatter alone into tables of width 1 and 50. Row scatters
-into a table far larger than the caches cost in proportion to the bytes
-moved (memory traffic to random rows), and with the gathers they bound the
-step.
+into a 480k x 50 table, the scatter-add that builds a [8192, 50] gradient,
+a scatter alone into tables of width 1 and 50, and gathering a batch's
+three columns from 2M and from 100M rows of data (what grows with the
+data). Then a profile of the whole rowwise_adagrad step (`jax.profiler`):
+its costliest XLA ops, summed over the runtime's threads, each with the JAX
+operation it comes from.
 
   python benchmarks/sparse_profile.py --out=benchmarks/results/sparse_profile.md
 """
@@ -25,6 +26,7 @@ flags.DEFINE_string("out", None, "Also write the markdown table here.")
 FLAGS = flags.FLAGS
 
 N_USERS, N_ITEMS, N, BS, F = 480_000, 18_000, 2_000_000, 8192, 50
+BIG = 100_000_000  # rows of the data a batch is gathered from, at scale
 
 
 def main(argv):
@@ -53,11 +55,13 @@ def main(argv):
     print(f"{name}: {ms:.2f} ms/step", flush=True)
 
   model = models.create("dot_bias", N_USERS, N_ITEMS)
-  for kind in sparse.KINDS:
-    state = training.create_train_state(
-        model, sparse.SparseOptimizer(kind, 10**6), jax.random.key(0))
+  states = {kind: training.create_train_state(
+      model, sparse.SparseOptimizer(kind, 10**6), jax.random.key(0))
+            for kind in sparse.KINDS}
+  for kind, state in states.items():
     timed(f"whole {kind} step", jax.jit(training.train_epoch), state, data,
           batches)
+  adagrad = states["rowwise_adagrad"]
 
   def scan(body, init):
     return jax.jit(lambda *a: jax.lax.scan(body, init(*a), batches)[0])
@@ -91,10 +95,62 @@ def main(argv):
 
   timed("scatter-add of a [8192, 50] row gradient", scan(grad_rows,
                                                          lambda: 0.0))
+
+  for n in (N, BIG):
+    columns = data if n == N else Ratings(
+        *(jnp.asarray(rng.integers(1, hi, n), dt) for hi, dt in (
+            (N_USERS, jnp.int32), (N_ITEMS, jnp.int32), (6, jnp.float32))))
+    rows_n = jnp.asarray(rng.integers(0, n, batches.shape), jnp.int32)
+
+    def take_batch(c, b, columns=columns):
+      batch = columns.take(b)
+      return c + jnp.sum(batch.users + batch.items + batch.ratings), None
+
+    timed(f"gather a batch's user, item, rating from {n:,} rows",
+          jax.jit(lambda r, body=take_batch: jax.lax.scan(body, 0.0, r)[0]),
+          rows_n)
+    del columns
   lines = ["| bs 8192, 480k x 18k tables, 50 factors | ms per step |",
            "|---|---|"]
   lines += [f"| {name} | {ms:.2f} |" for name, ms in rows]
+  lines += ["", f"| XLA ops of the rowwise_adagrad step (thread time) | ms "
+            "per step |", "|---|---|"]
+  lines += [f"| {op} | {ms:.2f} |" for op, ms in op_times(
+      jax.jit(training.train_epoch), (adagrad, data, batches), steps)]
   report.emit(lines, FLAGS.out)
+
+
+def op_times(fn, args, steps: int, top: int = 12) -> list[tuple[str, float]]:
+  """The `top` XLA ops by time summed over the runtime's threads, per step,
+  each named by what it does in the JAX program (its op_name metadata)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  hlo = fn.lower(*args).compile().as_text()
+  jax.block_until_ready(fn(*args))
+  with tempfile.TemporaryDirectory() as folder:
+    jax.profiler.start_trace(folder)
+    jax.block_until_ready(fn(*args))
+    jax.profiler.stop_trace()
+    [path] = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
+    profile = jax.profiler.ProfileData.from_file(path)
+  total = collections.Counter()
+  for plane in profile.planes:
+    for line in plane.lines:
+      if "XLAEigen" in line.name:  # the threads that run the program's ops
+        for event in line.events:
+          total[event.name] += event.duration_ns
+  total.pop("ThunkExecutor::Execute", None)
+  out = []
+  for op, ns in total.most_common(top):
+    found = re.search(rf"%{re.escape(op)} = (\S+) .*?op_name=\"([^\"]*)\"",
+                      hlo)
+    what = (f"{found.group(2).split('/')[-1]} -> {found.group(1)}"
+            if found else "")
+    out.append((f"`{op}` {what}".strip(), ns / 1e6 / steps))
+  return out
 
 
 if __name__ == "__main__":
