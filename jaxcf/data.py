@@ -21,6 +21,15 @@ from jaxcf.errors import UserError
 UNKNOWN = "#na#"
 
 
+def _ids(values) -> np.ndarray:
+  """Ids as an array; strings as Python objects, because numpy's
+  fixed-width strings drop trailing NUL characters ('a\\0' -> 'a')."""
+  array = np.asarray(values)
+  if array.dtype.kind in "US":
+    array = np.asarray(values, dtype=object)
+  return array
+
+
 class Vocab:
   """A sorted vocabulary of ids; index 0 stands for any unknown id.
 
@@ -30,7 +39,7 @@ class Vocab:
   """
 
   def __init__(self, values):
-    self.classes = np.asarray(pd.unique(np.asarray(values)))
+    self.classes = np.asarray(pd.unique(_ids(values)))
     self.classes.sort()
     self._index = pd.Index(self.classes)
 
@@ -38,7 +47,7 @@ class Vocab:
   def from_classes(cls, classes) -> "Vocab":
     """A vocabulary of already sorted, distinct ids (as saved)."""
     vocab = cls.__new__(cls)
-    vocab.classes = np.asarray(classes)
+    vocab.classes = _ids(classes)
     vocab._index = pd.Index(vocab.classes)
     return vocab
 
@@ -48,7 +57,7 @@ class Vocab:
 
   def encode(self, values) -> np.ndarray:
     """ids -> int32 indices in [1, len); ids not in the vocabulary -> 0."""
-    return (self._index.get_indexer(np.asarray(values)) + 1).astype(np.int32)
+    return (self._index.get_indexer(_ids(values)) + 1).astype(np.int32)
 
   def decode(self, indices) -> np.ndarray:
     """indices -> ids (object array); 0 decodes to '#na#'."""
