@@ -29,14 +29,18 @@ import sys
 from absl import flags
 import jax
 
-from jaxcf import (cli, datasets, distributed, features, io, models, plots,
-                   ranking, resume, runinfo, sharding, sweep, synthetic,
-                   tblog, trained, training)
+import numpy as np
+
+from jaxcf import (autorec, cli, datasets, distributed, features, io, models,
+                   plots, ranking, resume, runinfo, sharding, sweep,
+                   synthetic, tblog, trained, training)
 from jaxcf.errors import UserError
 
 flags.DEFINE_string("model", "dot_bias",
                     "dot | dot_bias | collab_nn | embedding_nn | side_nn, or a "
-                    "list.")
+                    "list; or autorec (I-AutoRec, trained full-batch: --epochs "
+                    "default 500, --lr 1e-3, --wd is its L2 weight, default "
+                    "100; --layers, --input_dropout).")
 flags.DEFINE_string("n_factors", "50", "Factor width of the dot models "
                     "(list: one group per width).")
 flags.DEFINE_string("y_range", "0,5.5",
@@ -53,6 +57,8 @@ flags.DEFINE_string("id_dropout", "0", "side_nn: the share of user ids hidden "
                     "in training, so the '#na#' row learns new users (a "
                     "list sweeps).")
 flags.DEFINE_integer("epochs", 5, "Epochs of the one-cycle run.")
+flags.DEFINE_string("input_dropout", "0", "autorec: the share of input "
+                    "ratings hidden while training, or a list.")
 flags.DEFINE_string("lr", "5e-3", "Peak learning rate (fastai's lr_max), or "
                     "a list.")
 flags.DEFINE_string("wd", "0.1", "Decoupled weight decay (fastai's wd), or a "
@@ -529,6 +535,115 @@ def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
   return "\n".join(lines)
 
 
+# Flags of the factor models' training that AutoRec has no use for.
+NOT_AUTOREC = ("n_factors", "y_range", "bs", "pct_start", "div", "div_final",
+               "sampling", "optimizer", "param_dtype", "compute_dtype", "mesh",
+               "shard_data", "side", "id_dropout", "chunk", "plot",
+               "tensorboard", "checkpoint_steps", "checkpoint_every",
+               "restart", "eval_bs")
+AUTOREC_DEFAULTS = {"epochs": 500, "lr": [1e-3], "wd": [100.0]}
+
+
+def autorec_configs() -> list[autorec.AutoRecConfig]:
+  """The cartesian product of --layers, --lr, --wd (L2), --input_dropout
+  and --seed, with AutoRec's defaults for the flags not given."""
+  if parse_list("model", str) != ["autorec"]:
+    raise UserError("--model=autorec trains alone; run the factor models "
+                    "in another command")
+  given = [n for n in NOT_AUTOREC if FLAGS[n].present]
+  if given:
+    raise UserError(f"--{given[0]} does not apply to --model=autorec (it "
+                    "trains full-batch with Adam); drop it")
+  if FLAGS.num_processes > 1:
+    raise UserError("--model=autorec runs in one process; drop "
+                    "--num_processes")
+  lists = {}
+  for name in ("lr", "wd", "seed", "input_dropout"):
+    convert = int if name == "seed" else float
+    lists[name] = (parse_list(name, convert) if FLAGS[name].present
+                   else AUTOREC_DEFAULTS.get(name) or parse_list(name,
+                                                                 convert))
+  for name, ok, rule in (("lr", lambda v: v > 0, "positive"),
+                         ("wd", lambda v: v >= 0, "at least 0"),
+                         ("input_dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
+    if not all(ok(v) for v in lists[name]):
+      raise UserError(f"--{name}={FLAGS[name].value}: every value must be "
+                      f"{rule}")
+  layers = [_widths(t) or (500,) for t in FLAGS.layers.split(";")]
+  configs = []
+  for widths in layers:
+    for lr in lists["lr"]:
+      for lam in lists["wd"]:
+        for dropout in lists["input_dropout"]:
+          for seed in lists["seed"]:
+            configs.append(autorec.AutoRecConfig(
+                layers=widths, dropout=dropout, lam=lam, lr=lr, seed=seed))
+  return configs
+
+
+def run_autorec() -> dict:
+  """--model=autorec: replicas trained together (`jaxcf.autorec`), a ranking,
+  the ensemble with --ensemble, the best replica's weights in --workdir."""
+  configs = autorec_configs()
+  epochs = FLAGS.epochs if FLAGS["epochs"].present else AUTOREC_DEFAULTS[
+      "epochs"]
+  if epochs <= 0:
+    raise UserError(f"--epochs={epochs} must be positive")
+  if FLAGS.ensemble_top < 0:
+    raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
+                    "or a positive count")
+  data = load_data(split_seed=configs[0].seed)
+  hparams = [_autorec_hparams(c) for c in configs]
+  swept = [k for k in hparams[0]
+           if len({json.dumps(h[k]) for h in hparams}) > 1]
+  print(f"autorec: {len(configs)} replica(s) over "
+        f"{', '.join(swept) or 'nothing'}, {epochs} full-batch epochs; "
+        f"device {jax.devices()[0].platform}")
+  metrics = Metrics(FLAGS.workdir)
+  results = autorec.train(data, configs, epochs,
+                          eval_every=max(1, epochs // 10))
+  for k, r in enumerate(results):
+    for row in r.history:
+      metrics.write({"replica": k, **_autorec_hparams(r.config), **row})
+  order = sorted(range(len(results)), key=lambda k: results[k].valid_loss)
+  ranked = []
+  for rank, k in enumerate(order, 1):
+    r = results[k]
+    best = min(r.history, key=lambda h: h["valid_loss"])
+    ranked.append({"rank": rank, "replica": k, **_autorec_hparams(r.config),
+                   "valid_loss": r.valid_loss,
+                   "valid_rmse": float(np.sqrt(r.valid_loss)),
+                   "best_valid_loss": best["valid_loss"],
+                   "best_epoch": best["epoch"]})
+  print(_ranking_table(ranked, swept))
+  ensemble = None
+  if FLAGS.ensemble:
+    members = order[:FLAGS.ensemble_top or len(order)]
+    preds = np.mean([results[k].predictions for k in members], axis=0)
+    mse = float(np.mean((preds - np.asarray(data.valid.ratings))**2))
+    ensemble = {"members": members, "valid_loss": mse,
+                "valid_rmse": float(np.sqrt(mse))}
+    print(f"ensemble of {len(members)} replicas: valid MSE {mse:.4f} (RMSE "
+          f"{np.sqrt(mse):.4f}); best single {ranked[0]['valid_loss']:.4f}")
+  summary = {"model": "autorec", "epochs": epochs, "swept": swept,
+             "ranking": ranked, "ensemble": ensemble, **_context(data)}
+  if FLAGS.workdir:
+    _write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
+    best = results[order[0]]
+    weights = os.path.join(FLAGS.workdir, "autorec_params.npz")
+    np.savez(weights, **{"/".join(k.key for k in path): np.asarray(leaf)
+                         for path, leaf in
+                         jax.tree_util.tree_leaves_with_path(best.params)})
+    print(f"wrote {metrics.path}, summary.json and autorec_params.npz (the "
+          "best replica's weights)")
+  return summary
+
+
+def _autorec_hparams(config: autorec.AutoRecConfig) -> dict:
+  return {"layers": list(config.layers), "input_dropout": config.dropout,
+          "wd": config.lam, "lr": config.lr, "seed": config.seed}
+
+
 def join_processes() -> None:
   """With --num_processes > 1: joins the others; only process 0 prints and
   writes files (the others keep stderr)."""
@@ -551,6 +666,8 @@ def join_processes() -> None:
 def run() -> dict:
   """Trains as the flags say; returns the summary dict."""
   join_processes()
+  if "autorec" in parse_list("model", str):
+    return run_autorec()
   replicas = replicas_from_flags()
   config = config_from_flags()
   for name in ("plot", "tensorboard"):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -134,6 +135,15 @@ ERROR_CASES = [
       "--process_id=2"], "--process_id=2 must lie in [0, 2)"),
     (["--num_processes=0"], "--num_processes=0 must be at least 1"),
     (["--shard_data"], "--shard_data shards over --mesh"),
+    (["--model=autorec,dot"], "--model=autorec trains alone"),
+    (["--model=autorec", "--bs=32"], "--bs does not apply to --model=autorec"),
+    (["--model=autorec", "--input_dropout=0,1"],
+     "--input_dropout=0,1: every value must be in [0, 1)"),
+    (["--model=autorec", "--wd=-1"], "--wd=-1: every value must be at least 0"),
+    (["--model=autorec", "--layers=8,x"], "comma-separated integers"),
+    (["--model=autorec", "--dataset=synthetic", "--n_users=100000",
+      "--n_items=10000", "--n_ratings=1000"],
+     "AutoRec needs the dense 10,001 x 100,001 rating matrix"),
 ]
 
 
@@ -149,6 +159,32 @@ def test_user_mistakes_exit_2_with_one_line(tiny_ml, tmp_path, flags,
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1, proc.stderr
   assert message in errors[0]
+
+
+def test_autorec_ranks_ensembles_and_saves_the_best(tiny_ml, tmp_path):
+  workdir = tmp_path / "autorec"
+  proc = run(f"--data_dir={tiny_ml}", "--model=autorec", "--layers=16",
+             "--epochs=40", "--lr=1e-2", "--wd=1", "--seed=0,1",
+             "--ensemble", f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr
+  assert "autorec: 2 replica(s) over seed, 40 full-batch epochs" in (
+      proc.stdout)
+  assert "ensemble of 2 replicas: valid MSE" in proc.stdout
+  summary = json.loads((workdir / "summary.json").read_text())
+  losses = [r["valid_loss"] for r in summary["ranking"]]
+  assert losses == sorted(losses) and len(losses) == 2
+  assert {r["seed"] for r in summary["ranking"]} == {0, 1}
+  # The mean prediction's MSE is at most the mean of the members' MSEs.
+  assert summary["ensemble"]["valid_loss"] <= sum(losses) / 2 + 1e-6
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text(
+  ).splitlines()]
+  assert len(rows) == 2 * 10 and rows[-1]["epoch"] == 40
+  best = summary["ranking"][0]
+  final = [r for r in rows if r["replica"] == best["replica"]][-1]
+  assert final["valid_loss"] == best["valid_loss"]
+  weights = np.load(workdir / "autorec_params.npz")
+  assert weights["Dense_0/kernel"].shape == (summary["n_users"], 16)
+  assert weights["Dense_1/kernel"].shape == (16, summary["n_users"])
 
 
 def test_sweep_writes_replica_metrics_and_ranking(tiny_ml, tmp_path):
