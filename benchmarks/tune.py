@@ -26,6 +26,7 @@ dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
       --item_name=movie --out=benchmarks/results/tune_folds
   python benchmarks/tune.py --data_dir=../shared/data --splits=u1 \
       --item_name=movie --autorec --out=benchmarks/results/tune_u1_autorec
+  (add --inner_seed=1 for another inner carve-out)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ flags.DEFINE_integer("seeds", 16, "Seeds of each dot_bias family.")
 flags.DEFINE_integer("nn_seeds", 4, "Seeds of the side_nn family.")
 flags.DEFINE_bool("autorec", False, "Also tune and mix two AutoRec families "
                   "(about 25 extra minutes per split on 2 cores).")
+flags.DEFINE_integer("inner_seed", 0, "Seed of the inner validation carve-out.")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
 
@@ -164,7 +166,7 @@ def with_side(d, folder):
 
 
 def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(FLAGS.inner_seed)
   shuffled = rng.permutation(train_rows)
   cut = len(shuffled) // 5
   inner = with_side(data.prepare(table, shuffled[cut:], shuffled[:cut],
