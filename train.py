@@ -480,15 +480,9 @@ def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
       ensemble_top=FLAGS.ensemble_top if FLAGS.ensemble else None,
       on_epoch=lambda r, row: metrics.write(
           {"replica": r, **replicas[r].hparams(), **row}))
-  ranked = []
-  for rank, i in enumerate(result.ranking(), 1):
-    res = result.results[i]
-    best = min(res.history, key=lambda h: h["valid_loss"])
-    ranked.append({"rank": rank, "replica": i, **res.replica.hparams(),
-                    "valid_loss": res.valid_loss,
-                    "valid_rmse": res.history[-1]["valid_rmse"],
-                    "best_valid_loss": best["valid_loss"],
-                    "best_epoch": best["epoch"]})
+  ranked = [_ranking_row(rank, i, result.results[i].replica.hparams(),
+                         result.results[i].history)
+            for rank, i in enumerate(result.ranking(), 1)]
   print(_ranking_table(ranked, swept))
   if result.ensemble:
     e = result.ensemble
@@ -516,6 +510,16 @@ def run_sweep(replicas: list[sweep.Replica], data, config) -> dict:
       plots.sweep_plot(result, swept, path)
       print(f"wrote {path}")
   return summary
+
+
+def _ranking_row(rank: int, replica: int, hparams: dict, history: list[dict]
+                 ) -> dict:
+  """A replica's line in the ranking: its settings, final and best scores."""
+  best = min(history, key=lambda h: h["valid_loss"])
+  return {"rank": rank, "replica": replica, **hparams,
+          "valid_loss": history[-1]["valid_loss"],
+          "valid_rmse": history[-1]["valid_rmse"],
+          "best_valid_loss": best["valid_loss"], "best_epoch": best["epoch"]}
 
 
 def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
@@ -589,9 +593,6 @@ def run_autorec() -> dict:
       "epochs"]
   if epochs <= 0:
     raise UserError(f"--epochs={epochs} must be positive")
-  if FLAGS.ensemble_top < 0:
-    raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
-                    "or a positive count")
   data = load_data(split_seed=configs[0].seed)
   hparams = [_autorec_hparams(c) for c in configs]
   swept = [k for k in hparams[0]
@@ -604,27 +605,19 @@ def run_autorec() -> dict:
                           eval_every=max(1, epochs // 10))
   for k, r in enumerate(results):
     for row in r.history:
-      metrics.write({"replica": k, **_autorec_hparams(r.config), **row})
+      metrics.write({"replica": k, **hparams[k], **row})
   order = sorted(range(len(results)), key=lambda k: results[k].valid_loss)
-  ranked = []
-  for rank, k in enumerate(order, 1):
-    r = results[k]
-    best = min(r.history, key=lambda h: h["valid_loss"])
-    ranked.append({"rank": rank, "replica": k, **_autorec_hparams(r.config),
-                   "valid_loss": r.valid_loss,
-                   "valid_rmse": float(np.sqrt(r.valid_loss)),
-                   "best_valid_loss": best["valid_loss"],
-                   "best_epoch": best["epoch"]})
+  ranked = [_ranking_row(rank, k, hparams[k], results[k].history)
+            for rank, k in enumerate(order, 1)]
   print(_ranking_table(ranked, swept))
   ensemble = None
   if FLAGS.ensemble:
     members = order[:FLAGS.ensemble_top or len(order)]
-    preds = np.mean([results[k].predictions for k in members], axis=0)
-    mse = float(np.mean((preds - np.asarray(data.valid.ratings))**2))
-    ensemble = {"members": members, "valid_loss": mse,
-                "valid_rmse": float(np.sqrt(mse))}
-    print(f"ensemble of {len(members)} replicas: valid MSE {mse:.4f} (RMSE "
-          f"{np.sqrt(mse):.4f}); best single {ranked[0]['valid_loss']:.4f}")
+    ensemble = sweep.ensemble_score(results, sorted(members),
+                                    data.valid.ratings)
+    print(f"ensemble of {len(members)} replicas: valid MSE "
+          f"{ensemble['valid_loss']:.4f} (RMSE {ensemble['valid_rmse']:.4f}); "
+          f"best single {ranked[0]['valid_loss']:.4f}")
   summary = {"model": "autorec", "epochs": epochs, "swept": swept,
              "ranking": ranked, "ensemble": ensemble, **_context(data)}
   if FLAGS.workdir:
@@ -666,6 +659,9 @@ def join_processes() -> None:
 def run() -> dict:
   """Trains as the flags say; returns the summary dict."""
   join_processes()
+  if FLAGS.ensemble_top < 0:
+    raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
+                    "or a positive count")
   if "autorec" in parse_list("model", str):
     return run_autorec()
   replicas = replicas_from_flags()
@@ -673,9 +669,6 @@ def run() -> dict:
   for name in ("plot", "tensorboard"):
     if FLAGS[name].value and not FLAGS.workdir:
       raise UserError(f"--{name} writes into --workdir; give one")
-  if FLAGS.ensemble_top < 0:
-    raise UserError(f"--ensemble_top={FLAGS.ensemble_top} must be 0 (all) "
-                    "or a positive count")
   data = load_data(split_seed=replicas[0].seed,
                    y_ranges={r.y_range for r in replicas})
   if any(r.model == "side_nn" for r in replicas):

@@ -84,7 +84,7 @@ class AutoRecConfig:
 @dataclasses.dataclass
 class AutoRecResult:
   """A trained replica: validation MSE after each `eval_every` epochs
-  (history: [{'epoch', 'valid_loss'}]), its final weights and its final
+  (history: [{'epoch', 'valid_loss', 'valid_rmse', 'train_loss'}]), its final weights and its final
   validation predictions [n_valid] (clipped to the training rating range)."""
   config: AutoRecConfig
   history: list[dict[str, float]]
@@ -140,9 +140,12 @@ def train(data: CollabData, configs: Sequence[AutoRecConfig],
   groups: dict[tuple, list[int]] = {}
   for i, c in enumerate(configs):
     groups.setdefault(c.shape_key, []).append(i)
+  matrices = {}  # by -> (ratings, observed), shared by its groups
   for (layers, by), members in groups.items():
     group = [configs[i] for i in members]
-    r, m = rating_matrix(data.train, data.n_users, data.n_items, by)
+    if by not in matrices:
+      matrices[by] = rating_matrix(data.train, data.n_users, data.n_items, by)
+    r, m = matrices[by]
     cols, pos = _pairs(data.valid, by)
     module = AutoRec(r.shape[1], layers)
     histories, params, preds = _train_group(
@@ -213,6 +216,7 @@ def _train_group(module, group, r, m, cols, pos, truth, epochs, eval_every,
     mse = np.asarray(jnp.mean((preds - truth)**2, axis=1))
     for k, history in enumerate(histories):
       history.append({"epoch": done, "valid_loss": float(mse[k]),
+                      "valid_rmse": float(np.sqrt(mse[k])),
                       "train_loss": float(train_loss[k])})
     if log:
       log(f"autorec {tuple(module.layers)} epoch {done}/{epochs}: valid MSE "

@@ -247,7 +247,8 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
 
 def ensemble_score(results: Sequence[ReplicaResult], members: Sequence[int],
                    ratings) -> dict[str, Any]:
-  """Validation metrics of the mean prediction of `members`."""
+  """Validation metrics of the mean prediction of `members` (results with
+  `predictions` [n_valid]: sweep or `jaxcf.autorec` results)."""
   mean = np.mean([results[i].predictions for i in members], axis=0)
   metrics = training.error_metrics(jnp.asarray(mean, jnp.float32),
                                    jnp.asarray(ratings))
