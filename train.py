@@ -77,6 +77,11 @@ flags.DEFINE_string("optimizer", "adamw",
                     "adamw: fastai's dense AdamW. lazy_adamw / "
                     "rowwise_adagrad: update only the embedding rows a batch "
                     "uses (fast with large tables; see jaxcf/sparse.py).")
+flags.DEFINE_string("row_kernel", "xla",
+                    "With a row-wise --optimizer: xla, or cpp: move and "
+                    "update the rows with small C++ kernels (CPU, one "
+                    "device, float32; built on first use; faster at large "
+                    "batch sizes, see jaxcf/rowkernels.py).")
 flags.DEFINE_string("param_dtype", "float32",
                     "float32, or bfloat16: store weights and optimiser "
                     "moments in half the bytes (large tables).")
@@ -254,7 +259,8 @@ def config_from_flags() -> training.TrainConfig:
   return training.TrainConfig(
       epochs=FLAGS.epochs, batch_size=FLAGS.bs, pct_start=FLAGS.pct_start,
       div=FLAGS.div, div_final=FLAGS.div_final, sampling=FLAGS.sampling,
-      optimizer=FLAGS.optimizer, eval_batch_size=FLAGS.eval_bs)
+      optimizer=FLAGS.optimizer, eval_batch_size=FLAGS.eval_bs,
+      row_kernel=FLAGS.row_kernel)
 
 
 def load_data(split_seed: int, y_ranges=()):
@@ -541,7 +547,8 @@ def _ranking_table(ranked: list[dict], swept: list[str], top: int = 10
 
 # Flags of the factor models' training that AutoRec has no use for.
 NOT_AUTOREC = ("n_factors", "y_range", "bs", "pct_start", "div", "div_final",
-               "sampling", "optimizer", "param_dtype", "compute_dtype", "mesh",
+               "sampling", "optimizer", "row_kernel", "param_dtype",
+               "compute_dtype", "mesh",
                "shard_data", "side", "id_dropout", "chunk", "plot",
                "tensorboard", "checkpoint_steps", "checkpoint_every",
                "restart", "eval_bs")
@@ -687,6 +694,10 @@ def run() -> dict:
   for name in ("tensorboard", "mesh", "shard_data"):
     if FLAGS[name].value:
       raise UserError(f"--{name} applies to one run; drop it for sweeps")
+  if FLAGS.row_kernel != "xla":
+    raise UserError(f"--row_kernel={FLAGS.row_kernel} applies to one run "
+                    "(the kernels do not vmap over replicas); drop it for "
+                    "sweeps")
   return run_sweep(replicas, data, config)
 
 

@@ -1,15 +1,17 @@
 r"""Where a row-wise step's time goes at scale (bs 8192, 480k x 18k tables).
 
 Times, each as a scanned loop over the same batches of 2M synthetic
-ratings: the whole `rowwise_adagrad` and `lazy_adamw` epochs of dot_bias,
-and the pieces every such step does — finding the distinct ids of a batch
-(one packed sort per table), gathering the rows and scattering them back
-into a 480k x 50 table, the scatter-add that builds a [8192, 50] gradient,
-a scatter alone into tables of width 1 and 50, and gathering a batch's
-three columns from 2M and from 100M rows of data (what grows with the
-data). Then a profile of the whole rowwise_adagrad step (`jax.profiler`):
-its costliest XLA ops, summed over the runtime's threads, each with the JAX
-operation it comes from.
+ratings: the whole `rowwise_adagrad` and `lazy_adamw` epochs of dot_bias
+with the XLA row updates and with the C++ kernels (`--row_kernel=cpp`),
+and the pieces every such step does — agreeing on one position per id
+(a scatter and a gather in a scratch table), gathering the
+rows and scattering them back into a 480k x 50 table (XLA, and the C++
+kernels), the scatter-add that sums a [8192, 50] gradient, a scatter alone
+into tables of width 1 and 50, and gathering a batch's three columns from 2M
+and from 100M rows of data (what grows with the data). Then profiles of the
+whole rowwise_adagrad step (`jax.profiler`), XLA and C++: the costliest
+ops, summed over the runtime's threads, each with the JAX operation it
+comes from.
 
   python benchmarks/sparse_profile.py --out=benchmarks/results/sparse_profile.md
 """
@@ -34,7 +36,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxcf import models, sparse, training  # pylint: disable=g-import-not-at-top
+  from jaxcf import models, rowkernels, sparse, training  # pylint: disable=g-import-not-at-top
   from jaxcf.data import Ratings  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
@@ -55,30 +57,47 @@ def main(argv):
     print(f"{name}: {ms:.2f} ms/step", flush=True)
 
   model = models.create("dot_bias", N_USERS, N_ITEMS)
-  states = {kind: training.create_train_state(
-      model, sparse.SparseOptimizer(kind, 10**6), jax.random.key(0))
-            for kind in sparse.KINDS}
-  for kind, state in states.items():
-    timed(f"whole {kind} step", jax.jit(training.train_epoch), state, data,
-          batches)
-  adagrad = states["rowwise_adagrad"]
+  states = {(kind, kernel): training.create_train_state(
+      model, sparse.SparseOptimizer(kind, 10**6, kernel=kernel),
+      jax.random.key(0))
+            for kind in sparse.KINDS for kernel in ("xla", "cpp")}
+  for (kind, kernel), state in states.items():
+    timed(f"whole {kind} step, {kernel} row updates",
+          jax.jit(training.train_epoch), state, data, batches)
 
   def scan(body, init):
     return jax.jit(lambda *a: jax.lax.scan(body, init(*a), batches)[0])
 
-  def distinct(c, b):
-    ids, inv = sparse._distinct(data.users[b], N_USERS)  # pylint: disable=protected-access
-    return c + ids[0] + inv[0], None
+  def claim(scratch, b):
+    return sparse._claim(scratch, data.users[b])[0], None  # pylint: disable=protected-access
 
-  timed("distinct ids of one table (packed sort)", scan(distinct, lambda: 0))
+  timed("one position per id (scatter and gather in a scratch table)",
+        scan(claim, lambda s: s), jnp.zeros(N_USERS, jnp.int32))
 
-  def move_rows(table, b):
-    ids, _ = sparse._distinct(data.users[b], N_USERS)  # pylint: disable=protected-access
-    small = table.at[ids].get(mode="fill", fill_value=0)
-    return table.at[ids].set(small + 1, mode="drop"), None
+  def move_rows(carry, b):
+    table, scratch = carry
+    ids = data.users[b]
+    scratch, owner = sparse._claim(scratch, ids)  # pylint: disable=protected-access
+    where = jnp.where(owner == jnp.arange(BS), ids, N_USERS + jnp.arange(BS))
+    small = table.at[ids].get(mode="promise_in_bounds")
+    return (table.at[where].set(small + 1, mode="drop",
+                                unique_indices=True), scratch), None
 
   timed("... + gather 8192 rows of 480k x 50 and scatter them back",
-        scan(move_rows, lambda t: t), jnp.zeros((N_USERS, F)))
+        scan(move_rows, lambda t, s: (t, s)), jnp.zeros((N_USERS, F)),
+        jnp.zeros(N_USERS, jnp.int32))
+
+  def kernel_rows(carry, b):
+    table, acc = carry
+    ids = data.users[b]
+    small = rowkernels.gather_rows(table, ids)
+    [new] = rowkernels.update_rows("rowwise_adagrad", ids, [0.1, 1.0, 1e-8],
+                                   [(table, acc, small)])
+    return new, None
+
+  timed("C++: gather them, sum repeats, row-wise Adagrad them in place",
+        scan(kernel_rows, lambda t, a: (t, a)), jnp.zeros((N_USERS, F)),
+        jnp.zeros(N_USERS))
 
   for width in (1, F):
     def set_rows(table, b):
@@ -113,10 +132,13 @@ def main(argv):
   lines = ["| bs 8192, 480k x 18k tables, 50 factors | ms per step |",
            "|---|---|"]
   lines += [f"| {name} | {ms:.2f} |" for name, ms in rows]
-  lines += ["", f"| XLA ops of the rowwise_adagrad step (thread time) | ms "
-            "per step |", "|---|---|"]
-  lines += [f"| {op} | {ms:.2f} |" for op, ms in op_times(
-      jax.jit(training.train_epoch), (adagrad, data, batches), steps)]
+  for kernel in ("xla", "cpp"):
+    lines += ["", f"| ops of the rowwise_adagrad step, {kernel} row updates "
+              "(thread time) | ms per step |", "|---|---|"]
+    lines += [f"| {op} | {ms:.2f} |" for op, ms in op_times(
+        jax.jit(training.train_epoch),
+        (states["rowwise_adagrad", kernel], data, batches), steps,
+        top=12 if kernel == "xla" else 8)]
   report.emit(lines, FLAGS.out)
 
 

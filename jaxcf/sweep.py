@@ -175,6 +175,9 @@ def train_chunk(replicas: Sequence[Replica], data: CollabData,
                 ) -> tuple[list[ReplicaResult], float, float]:
   """Trains replicas of one shape together; returns (results, compile
   seconds, train seconds). on_epoch(index in chunk, row) sees every row."""
+  if config.row_kernel != "xla":
+    raise UserError(f"--row_kernel={config.row_kernel} trains one model "
+                    "(the kernels do not vmap over replicas)")
   model = replicas[0].create_model(data)
   training.check_memory(model, data, config.batch_size, len(replicas))
   n = data.train.size

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import models, optim, sharding, sparse
+from jaxcf import models, optim, rowkernels, sharding, sparse
 from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
@@ -219,6 +219,7 @@ class TrainConfig:
   sampling: str = "shuffle"  # or "replacement", see `epoch_batches`
   optimizer: str = "adamw"  # or "lazy_adamw", "rowwise_adagrad" (sparse)
   eval_batch_size: int = 8192
+  row_kernel: str = "xla"  # or "cpp": a row-wise optimiser's C++ kernels
 
 
 @dataclasses.dataclass
@@ -311,6 +312,7 @@ OPTIMIZERS = ("adamw",) + sparse.KINDS
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
   """fastai's dense AdamW, or a row-wise optimiser, under the one cycle."""
+  kernel = row_kernel(model, config)
   if config.optimizer == "adamw":
     return optim.one_cycle_adamw(
         config.lr, config.wd, total_steps, pct_start=config.pct_start,
@@ -324,7 +326,27 @@ def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
   return sparse.SparseOptimizer(
       config.optimizer, total_steps, peak_lr=config.lr,
       weight_decay=config.wd, pct_start=config.pct_start, div=config.div,
-      div_final=config.div_final, moms=tuple(config.moms))
+      div_final=config.div_final, moms=tuple(config.moms), kernel=kernel)
+
+
+ROW_KERNELS = ("xla", "cpp")
+
+
+def row_kernel(model: nn.Module, config: TrainConfig) -> str:
+  """config.row_kernel, checked: 'cpp' needs a row-wise optimiser, the CPU
+  backend, float32 tables and the kernels built (`jaxcf.rowkernels`)."""
+  if config.row_kernel not in ROW_KERNELS:
+    raise UserError(f"--row_kernel={config.row_kernel} must be one of "
+                    f"{', '.join(ROW_KERNELS)}")
+  if config.row_kernel == "cpp":
+    if config.optimizer not in sparse.KINDS:
+      raise UserError("--row_kernel=cpp runs a row-wise optimiser's updates;"
+                      f" use it with --optimizer={' or '.join(sparse.KINDS)}")
+    try:
+      rowkernels.check(model.param_dtype)
+    except rowkernels.Unavailable as e:
+      raise UserError(f"--row_kernel=cpp: {e}; use --row_kernel=xla") from e
+  return config.row_kernel
 
 
 class Diverged(UserError):
@@ -375,6 +397,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
       shard_data or jax.process_count() > 1) else None
   if mesh is not None:
     sharding.check_batch(config.batch_size, mesh)
+    if config.row_kernel != "xla":
+      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
   steps = (n // shards) // (config.batch_size // shards) if shards else (
       n // config.batch_size)
   if steps == 0:

@@ -5,18 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import models, optim, sparse, sweep, training
+from jaxcf import models, optim, rowkernels, sparse, sweep, training
 from jaxcf.data import Ratings
 from jaxcf.errors import UserError
 
 
 def _state(kind, name="dot_bias", n_users=6, n_items=5, total=10, lr=1e-2,
-           wd=0.1):
+           wd=0.1, kernel="xla"):
   model = models.create(name, n_users, n_items, n_factors=3)
   if kind == "adamw":
     tx = optim.one_cycle_adamw(lr, wd, total)
   else:
-    tx = sparse.SparseOptimizer(kind, total, peak_lr=lr, weight_decay=wd)
+    tx = sparse.SparseOptimizer(kind, total, peak_lr=lr, weight_decay=wd,
+                                kernel=kernel)
   return training.create_train_state(model, tx, jax.random.key(0))
 
 
@@ -26,9 +27,19 @@ def _batch(users, items, seed=0):
                  jnp.asarray(rng.integers(1, 6, len(users)), jnp.float32))
 
 
+def _kernels_or_skip():
+  try:
+    rowkernels.check()
+  except rowkernels.Unavailable as e:
+    pytest.skip(f"C++ row kernels unavailable here: {e}")
+
+
+@pytest.mark.parametrize("kernel", ["xla", "cpp"])
 @pytest.mark.parametrize("kind", sparse.KINDS)
-def test_untouched_rows_do_not_move(kind):
-  state = _state(kind)
+def test_untouched_rows_do_not_move(kind, kernel):
+  if kernel == "cpp":
+    _kernels_or_skip()
+  state = _state(kind, kernel=kernel)
   new, _ = jax.jit(training.train_step)(state, _batch([1, 2, 2], [3, 1, 3]))
   for name, touched in (("user_factors", [1, 2]), ("item_factors", [1, 3]),
                         ("user_bias", [1, 2]), ("item_bias", [1, 3])):
@@ -152,12 +163,82 @@ def test_synthetic_data_and_cli(tmp_path):
   assert "generated 5,000 synthetic ratings" in proc.stdout
 
 
-@pytest.mark.parametrize("n", [10, 600_000])  # packed keys, and jnp.unique
-def test_distinct_ids(n):
+@pytest.mark.parametrize("n, size", [(10, 64), (600_000, 64), (3, 5)])
+def test_claim(n, size):
   rng = np.random.default_rng(n)
-  ids = jnp.asarray(rng.integers(0, min(n, 50), 64), jnp.int32)
-  distinct, slot = sparse._distinct(ids, n)
-  want = np.unique(np.asarray(ids))
-  np.testing.assert_array_equal(distinct[:len(want)], want)
-  assert (np.asarray(distinct[len(want):]) == n).all()
-  np.testing.assert_array_equal(np.asarray(distinct)[np.asarray(slot)], ids)
+  scratch = jnp.asarray(rng.integers(-5, 99, n), jnp.int32)  # stale values
+  for _ in range(2):
+    ids = rng.integers(0, min(n, 50), size)
+    scratch, owner = sparse._claim(scratch, jnp.asarray(ids, jnp.int32))
+    owner = np.asarray(owner)
+    assert (ids[owner] == ids).all()  # a position of the same id
+    for i in np.unique(ids):  # one for all of them
+      assert len(set(owner[ids == i])) == 1
+
+
+@pytest.mark.parametrize("name", ["dot_bias", "embedding_nn"])
+@pytest.mark.parametrize("kind", sparse.KINDS)
+def test_cpp_kernels_equal_the_xla_path(kind, name):
+  """Same steps, batches with repeated ids: the C++ row kernels move every
+  table, slot and dense parameter as the XLA path does."""
+  _kernels_or_skip()
+  rng = np.random.default_rng(7)
+  states = {k: _state(kind, name=name, n_users=40, n_items=9, total=12,
+                      lr=0.05, kernel=k) for k in ("xla", "cpp")}
+  step = jax.jit(training.train_step)
+  for seed in range(6):
+    batch = _batch(rng.integers(0, 40, 32), rng.integers(0, 9, 32), seed)
+    states = {k: step(s, batch)[0] for k, s in states.items()}
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                       _state(kind, name=name, n_users=40, n_items=9).params,
+                       states["xla"].params)
+  assert min(jax.tree.leaves(moved)) > 0  # every table trained
+  # Everything but the XLA path's scratch table (`sparse._claim`); repeated
+  # ids' gradients are summed in another order, so to float rounding.
+  xla, cpp = ((s.params, s.opt_state._replace(claims=None))
+              for s in (states["xla"], states["cpp"]))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6), xla, cpp)
+
+
+def test_cpp_gather_and_a_bad_id():
+  _kernels_or_skip()
+  table = jnp.arange(60, dtype=jnp.float32).reshape(12, 5)
+  ids = jnp.asarray([3, 0, 11, 3], jnp.int32)
+  np.testing.assert_array_equal(jax.jit(rowkernels.gather_rows)(table, ids),
+                                np.asarray(table)[np.asarray(ids)])
+  with pytest.raises(Exception, match="out of the table's range"):
+    jax.block_until_ready(jax.jit(rowkernels.gather_rows)(
+        table, jnp.asarray([1, 12], jnp.int32)))
+
+
+def test_cpp_kernels_train_from_the_cli(tmp_path):
+  _kernels_or_skip()
+  import subprocess, sys, os
+  from tests.conftest import REPO
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "train.py"), "--dataset=synthetic",
+       "--n_users=200", "--n_items=40", "--n_ratings=5000", "--bs=256",
+       "--epochs=2", "--optimizer=rowwise_adagrad", "--lr=0.1",
+       "--row_kernel=cpp"],
+      capture_output=True, text=True, env={**os.environ,
+                                           "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr
+  assert "valid" in proc.stdout
+
+
+def test_cpp_kernels_unavailable_is_one_line(tmp_path):
+  """Without a compiler, --row_kernel=cpp says so (exit 2), no traceback."""
+  import subprocess, sys, os
+  from tests.conftest import REPO
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "train.py"), "--dataset=synthetic",
+       "--n_users=50", "--n_items=10", "--n_ratings=500", "--bs=64",
+       "--epochs=1", "--optimizer=rowwise_adagrad", "--row_kernel=cpp"],
+      capture_output=True, text=True, env={
+          **os.environ, "JAX_PLATFORMS": "cpu", "CXX": str(tmp_path / "cc"),
+          "JAXCF_CACHE": str(tmp_path / "cache")})
+  assert proc.returncode == 2, proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert f"--row_kernel=cpp: $CXX={tmp_path / 'cc'} is not a program" in (
+      proc.stderr)

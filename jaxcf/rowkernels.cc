@@ -1,0 +1,250 @@
+// Row-wise embedding kernels for XLA:CPU, called through jax.ffi.
+//
+// XLA:CPU moves embedding rows with generic gather/scatter loops, and a
+// row-wise optimiser's step at bs 8192 is mostly that traffic (random rows
+// of a 480k x 50 table, in and out). These kernels do it with one
+// memcpy-like pass per row, prefetching the rows ahead:
+//
+//   jaxcf_gather_rows      out[i, :] = table[ids[i], :]
+//   jaxcf_rowwise_adagrad  TorchRec's exact row-wise Adagrad, in place
+//   jaxcf_lazy_adamw       Adam on the touched rows only, in place
+//
+// An update takes the ids of one side (users or items) and every table of
+// that side (factors, bias) with its optimiser slots and its per-position
+// gradients. It finds the distinct ids once (a lookup table of slots),
+// sums each table's gradients over an id's positions in batch order, then
+// updates each distinct row once: the arithmetic of jaxcf/sparse.py's XLA
+// path. Tables are float32 [n, f]; the Python side is jaxcf/rowkernels.py.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kAhead = 16;  // rows prefetched ahead of the one in hand
+
+inline void Prefetch(const float* row, int64_t width, bool write) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < width * 4; b += 64) {
+    if (write) {
+      __builtin_prefetch(p + b, 1);
+    } else {
+      __builtin_prefetch(p + b, 0);
+    }
+  }
+}
+
+ffi::Error CheckIds(const int32_t* ids, int64_t batch, int64_t n) {
+  for (int64_t i = 0; i < batch; ++i) {
+    if (ids[i] < 0 || ids[i] >= n) {
+      return ffi::Error::InvalidArgument("row id out of the table's range");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// The distinct ids of a batch, in order of first use, and the slot (index
+// into `rows`) of each position. `lookup` maps a row to its slot while
+// Build runs and is -1 everywhere between calls: 4 bytes per table row
+// (1/50 of a 50-factor table), and no hashing.
+struct Distinct {
+  std::vector<int32_t> rows, first, slot_of, lookup;
+  std::vector<float> sums;  // one table's summed gradients [rows, width]
+  std::vector<const float*> source;  // each distinct id's gradient
+
+  void Build(const int32_t* ids, int64_t batch, int64_t n) {
+    if (static_cast<int64_t>(lookup.size()) < n) lookup.resize(n, -1);
+    slot_of.resize(batch);
+    rows.clear();
+    first.clear();
+    for (int64_t i = 0; i < batch; ++i) {
+      if (i + kAhead < batch) __builtin_prefetch(&lookup[ids[i + kAhead]], 1);
+      int32_t& slot = lookup[ids[i]];
+      if (slot < 0) {
+        slot = static_cast<int32_t>(rows.size());
+        rows.push_back(ids[i]);
+        first.push_back(static_cast<int32_t>(i));
+      }
+      slot_of[i] = slot;
+    }
+    for (int32_t r : rows) lookup[r] = -1;
+  }
+
+  // The gradient [width] of each distinct id, summed over its positions in
+  // batch order: a pointer into `g` for an id used once (most users), into
+  // `sums` for a repeated one.
+  const float* const* Sum(const float* g, int64_t width) {
+    const int64_t batch = slot_of.size(), d = rows.size();
+    sums.resize(d * width);
+    source.resize(d);
+    for (int64_t k = 0; k < d; ++k) source[k] = g + first[k] * width;
+    for (int64_t i = 0; i < batch; ++i) {
+      const int32_t slot = slot_of[i];
+      if (first[slot] == i) continue;
+      float* sum = sums.data() + static_cast<int64_t>(slot) * width;
+      if (source[slot] != sum) {  // the second use: start the sum
+        std::memcpy(sum, source[slot], width * sizeof(float));
+        source[slot] = sum;
+      }
+      const float* gi = g + i * width;
+      for (int64_t j = 0; j < width; ++j) sum[j] += gi[j];
+    }
+    return source.data();
+  }
+};
+
+thread_local Distinct distinct;
+
+void AdagradRows(const int32_t* rows, int64_t d, const float* const* grads,
+                 int64_t width, const float* h, float* t, float* acc) {
+  const float lr = h[0], decay = h[1], eps = h[2];
+  for (int64_t k = 0; k < d; ++k) {
+    if (k + kAhead < d) {
+      const int64_t ahead = rows[k + kAhead];
+      Prefetch(t + ahead * width, width, true);
+      __builtin_prefetch(acc + ahead, 1);
+    }
+    const int64_t r = rows[k];
+    const float* g = grads[k];
+    float squares = 0.0f;
+    for (int64_t j = 0; j < width; ++j) squares += g[j] * g[j];
+    const float total = acc[r] + squares / width;
+    acc[r] = total;
+    const float step = lr / (std::sqrt(total) + eps);
+    float* row = t + r * width;
+    for (int64_t j = 0; j < width; ++j) row[j] = row[j] * decay - step * g[j];
+  }
+}
+
+void AdamwRows(const int32_t* rows, int64_t d, const float* const* grads,
+               int64_t width, const float* h, float* t, float* mv) {
+  const float step_size = h[0], decay = h[1], b1 = h[2], b2 = h[3],
+              eps = h[4], correction2 = h[5];
+  for (int64_t k = 0; k < d; ++k) {
+    if (k + kAhead < d) {
+      const int64_t ahead = rows[k + kAhead];
+      Prefetch(t + ahead * width, width, true);
+      Prefetch(mv + ahead * 2 * width, 2 * width, true);
+    }
+    const int64_t r = rows[k];
+    const float* g = grads[k];
+    float* row = t + r * width;
+    float* m = mv + r * 2 * width;  // m and v side by side: [n, 2, width]
+    float* v = m + width;
+    for (int64_t j = 0; j < width; ++j) {
+      m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+      v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+      row[j] = row[j] * decay -
+               step_size * m[j] / (std::sqrt(v[j] / correction2) + eps);
+    }
+  }
+}
+
+int64_t Width(const ffi::Buffer<ffi::F32>& table) {
+  const int64_t n = table.dimensions()[0];
+  return n ? table.element_count() / n : 0;
+}
+
+ffi::Error GatherRows(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> ids,
+                      ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t batch = ids.element_count(), width = Width(table);
+  const int32_t* id = ids.typed_data();
+  ffi::Error error = CheckIds(id, batch, table.dimensions()[0]);
+  if (error.failure()) return error;
+  const float* t = table.typed_data();
+  float* o = out->typed_data();
+  for (int64_t i = 0; i < batch; ++i) {
+    if (i + kAhead < batch) Prefetch(t + id[i + kAhead] * width, width, false);
+    std::memcpy(o + i * width, t + static_cast<int64_t>(id[i]) * width,
+                width * sizeof(float));
+  }
+  return ffi::Error::Success();
+}
+
+using RowUpdate = void (*)(const int32_t*, int64_t, const float* const*,
+                           int64_t, const float*, float*, float*);
+
+// args: ids [batch], hyper [k], then (table, slots, grads) per table;
+// rets: (table, slots) per table, aliasing the inputs (same buffers).
+ffi::Error UpdateSide(RowUpdate update, ffi::Buffer<ffi::S32> ids,
+                      ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                      ffi::RemainingRets rets) {
+  const int64_t batch = ids.element_count();
+  if (args.size() != 3 * rets.size() / 2 || rets.size() % 2) {
+    return ffi::Error::InvalidArgument("expected (table, slots, grads) "
+                                       "triples and (table, slots) pairs");
+  }
+  int64_t n = -1;
+  for (size_t k = 0; k < rets.size() / 2; ++k) {
+    auto table = args.get<ffi::Buffer<ffi::F32>>(3 * k);
+    if (!table.has_value()) {
+      return ffi::Error::InvalidArgument("row tables must be float32");
+    }
+    if (n >= 0 && table->dimensions()[0] != n) {
+      return ffi::Error::InvalidArgument("one side's tables differ in rows");
+    }
+    n = table->dimensions()[0];
+  }
+  if (n < 0) return ffi::Error::Success();  // no tables
+  ffi::Error error = CheckIds(ids.typed_data(), batch, n);
+  if (error.failure()) return error;
+  distinct.Build(ids.typed_data(), batch, n);
+  for (size_t k = 0; k < rets.size() / 2; ++k) {
+    auto table = args.get<ffi::Buffer<ffi::F32>>(3 * k);
+    auto grads = args.get<ffi::Buffer<ffi::F32>>(3 * k + 2);
+    auto table_out = rets.get<ffi::Buffer<ffi::F32>>(2 * k);
+    auto slots_out = rets.get<ffi::Buffer<ffi::F32>>(2 * k + 1);
+    if (!table.has_value() || !grads.has_value() || !table_out.has_value() ||
+        !slots_out.has_value()) {
+      return ffi::Error::InvalidArgument("row tables must be float32");
+    }
+    const int64_t width = Width(*table);
+    const float* const* summed = distinct.Sum(grads->typed_data(), width);
+    update(distinct.rows.data(), distinct.rows.size(), summed, width,
+           hyper.typed_data(), (*table_out)->typed_data(),
+           (*slots_out)->typed_data());
+  }
+  return ffi::Error::Success();
+}
+
+// hyper = [lr, decay (1 - lr * wd), eps]; slots: accumulators [n].
+ffi::Error RowwiseAdagrad(ffi::Buffer<ffi::S32> ids,
+                          ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                          ffi::RemainingRets rets) {
+  return UpdateSide(AdagradRows, ids, hyper, args, rets);
+}
+
+// hyper = [lr / (1 - b1^t), decay (1 - lr * wd), b1, b2, eps, 1 - b2^t];
+// slots: moments [n, 2, f].
+ffi::Error LazyAdamw(ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::F32> hyper,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  return UpdateSide(AdamwRows, ids, hyper, args, rets);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfGatherRows, GatherRows,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfRowwiseAdagrad, RowwiseAdagrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfLazyAdamw, LazyAdamw,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets());
