@@ -170,31 +170,30 @@ ffi::Error GatherRows(ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> ids,
 using RowUpdate = void (*)(const int32_t*, int64_t, const float* const*,
                            int64_t, const float*, float*, float*);
 
+// One table of a side: its width, gradients [batch, width] and the output
+// (aliased input) buffers of the table and its optimiser slots.
+struct SideTable {
+  int64_t width;
+  const float* grads;
+  float* table;
+  float* slots;
+};
+
 // args: ids [batch], hyper [k], then (table, slots, grads) per table;
 // rets: (table, slots) per table, aliasing the inputs (same buffers).
-ffi::Error UpdateSide(RowUpdate update, ffi::Buffer<ffi::S32> ids,
-                      ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                      ffi::RemainingRets rets) {
+// AdagradRows: hyper = [lr, decay (1 - lr * wd), eps], slots the
+// accumulators [n]. AdamwRows: hyper = [lr / (1 - b1^t), decay, b1, b2, eps,
+// 1 - b2^t], slots the moments [n, 2, f].
+template <RowUpdate update>
+ffi::Error UpdateSide(ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::F32> hyper,
+                      ffi::RemainingArgs args, ffi::RemainingRets rets) {
   const int64_t batch = ids.element_count();
   if (args.size() != 3 * rets.size() / 2 || rets.size() % 2) {
     return ffi::Error::InvalidArgument("expected (table, slots, grads) "
                                        "triples and (table, slots) pairs");
   }
+  std::vector<SideTable> tables;
   int64_t n = -1;
-  for (size_t k = 0; k < rets.size() / 2; ++k) {
-    auto table = args.get<ffi::Buffer<ffi::F32>>(3 * k);
-    if (!table.has_value()) {
-      return ffi::Error::InvalidArgument("row tables must be float32");
-    }
-    if (n >= 0 && table->dimensions()[0] != n) {
-      return ffi::Error::InvalidArgument("one side's tables differ in rows");
-    }
-    n = table->dimensions()[0];
-  }
-  if (n < 0) return ffi::Error::Success();  // no tables
-  ffi::Error error = CheckIds(ids.typed_data(), batch, n);
-  if (error.failure()) return error;
-  distinct.Build(ids.typed_data(), batch, n);
   for (size_t k = 0; k < rets.size() / 2; ++k) {
     auto table = args.get<ffi::Buffer<ffi::F32>>(3 * k);
     auto grads = args.get<ffi::Buffer<ffi::F32>>(3 * k + 2);
@@ -204,27 +203,31 @@ ffi::Error UpdateSide(RowUpdate update, ffi::Buffer<ffi::S32> ids,
         !slots_out.has_value()) {
       return ffi::Error::InvalidArgument("row tables must be float32");
     }
-    const int64_t width = Width(*table);
-    const float* const* summed = distinct.Sum(grads->typed_data(), width);
-    update(distinct.rows.data(), distinct.rows.size(), summed, width,
-           hyper.typed_data(), (*table_out)->typed_data(),
-           (*slots_out)->typed_data());
+    if (n >= 0 && table->dimensions()[0] != n) {
+      return ffi::Error::InvalidArgument("one side's tables differ in rows");
+    }
+    n = table->dimensions()[0];
+    tables.push_back({Width(*table), grads->typed_data(),
+                      (*table_out)->typed_data(), (*slots_out)->typed_data()});
+  }
+  if (tables.empty()) return ffi::Error::Success();
+  ffi::Error error = CheckIds(ids.typed_data(), batch, n);
+  if (error.failure()) return error;
+  distinct.Build(ids.typed_data(), batch, n);
+  for (const SideTable& t : tables) {
+    update(distinct.rows.data(), distinct.rows.size(),
+           distinct.Sum(t.grads, t.width), t.width, hyper.typed_data(),
+           t.table, t.slots);
   }
   return ffi::Error::Success();
 }
 
-// hyper = [lr, decay (1 - lr * wd), eps]; slots: accumulators [n].
-ffi::Error RowwiseAdagrad(ffi::Buffer<ffi::S32> ids,
-                          ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                          ffi::RemainingRets rets) {
-  return UpdateSide(AdagradRows, ids, hyper, args, rets);
-}
-
-// hyper = [lr / (1 - b1^t), decay (1 - lr * wd), b1, b2, eps, 1 - b2^t];
-// slots: moments [n, 2, f].
-ffi::Error LazyAdamw(ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::F32> hyper,
-                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  return UpdateSide(AdamwRows, ids, hyper, args, rets);
+auto UpdateBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .RemainingArgs()
+      .RemainingRets();
 }
 
 }  // namespace
@@ -235,16 +238,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfGatherRows, GatherRows,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfRowwiseAdagrad, RowwiseAdagrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfRowwiseAdagrad, UpdateSide<AdagradRows>,
+                              UpdateBinding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfLazyAdamw, LazyAdamw,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcfLazyAdamw, UpdateSide<AdamwRows>,
+                              UpdateBinding());
