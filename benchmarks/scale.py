@@ -46,7 +46,7 @@ def epoch_worker(n_users, n_items, n_ratings, optimizer, bs, steps=None,
                  row_kernel="xla"):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxcf import sweep, synthetic, training  # pylint: disable=g-import-not-at-top
+  from jaxcf import hugepages, sweep, synthetic, training  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   d = synthetic.generate(n_users, n_items, n_ratings, log=None)
   jax.block_until_ready(d.train)
@@ -59,6 +59,7 @@ def epoch_worker(n_users, n_items, n_ratings, optimizer, bs, steps=None,
                                 optimizer=optimizer, row_kernel=row_kernel)
   tx = training.make_optimizer(model, config, total)
   state = training.create_train_state(model, tx, jax.random.key(0))
+  hugepages.advise((d.train, state))  # as training.fit does
   key = jax.random.key(1)
   run = jax.jit(training.train_epoch, donate_argnums=0)
   if steps:  # a fixed number of steps: the throughput at this table size

@@ -3,12 +3,14 @@ r"""Where a row-wise step's time goes at scale (bs 8192, 480k x 18k tables).
 Times, each as a scanned loop over the same batches of 2M synthetic
 ratings: the whole `rowwise_adagrad` and `lazy_adamw` epochs of dot_bias
 with the XLA row updates and with the C++ kernels (`--row_kernel=cpp`),
-and the pieces every such step does — agreeing on one position per id
+on huge pages as `training.fit` asks for them (`jaxcf.hugepages`) and the
+row-wise one also without, and the pieces every such step does — agreeing on one position per id
 (a scatter and a gather in a scratch table), gathering the
 rows and scattering them back into a 480k x 50 table (XLA, and the C++
 kernels), the scatter-add that sums a [8192, 50] gradient, a scatter alone
 into tables of width 1 and 50, and gathering a batch's three columns from 2M
-and from 100M rows of data (what grows with the data). Then profiles of the
+and from 100M rows of data (what grows with the data; on 4 KiB pages and on
+huge pages). Then profiles of the
 whole rowwise_adagrad step (`jax.profiler`), XLA and C++: the costliest
 ops, summed over the runtime's threads, each with the JAX operation it
 comes from.
@@ -47,9 +49,11 @@ def main(argv):
   batches = jnp.asarray(rng.permutation(N)[:steps * BS].reshape(steps, BS),
                         jnp.int32)
   rows = []
+  epoch = jax.jit(training.train_epoch, donate_argnums=0)
 
-  def timed(name, fn, *args):
-    jax.block_until_ready(fn(*args))  # compile and warm up
+  def timed(name, fn, *args, huge=True):
+    jax.block_until_ready(fn(*fresh(args, huge)))  # compile and warm up
+    args = fresh(args, huge)
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     ms = (time.perf_counter() - start) / steps * 1e3
@@ -61,12 +65,16 @@ def main(argv):
       model, sparse.SparseOptimizer(kind, 10**6, kernel=kernel),
       jax.random.key(0))
             for kind in sparse.KINDS for kernel in ("xla", "cpp")}
+  for kernel in ("xla", "cpp"):  # first, before any memory was advised
+    timed(f"whole rowwise_adagrad step, {kernel} row updates, 4 KiB pages",
+          epoch, states["rowwise_adagrad", kernel], data, batches, huge=False)
   for (kind, kernel), state in states.items():
     timed(f"whole {kind} step, {kernel} row updates",
-          jax.jit(training.train_epoch), state, data, batches)
+          epoch, state, data, batches)
 
-  def scan(body, init):
-    return jax.jit(lambda *a: jax.lax.scan(body, init(*a), batches)[0])
+  def scan(body, init, n_args=1):  # the tables are donated: updated in place
+    return jax.jit(lambda *a: jax.lax.scan(body, init(*a), batches)[0],
+                   donate_argnums=tuple(range(n_args)))
 
   def claim(scratch, b):
     return sparse._claim(scratch, data.users[b])[0], None  # pylint: disable=protected-access
@@ -84,7 +92,7 @@ def main(argv):
                                 unique_indices=True), scratch), None
 
   timed("... + gather 8192 rows of 480k x 50 and scatter them back",
-        scan(move_rows, lambda t, s: (t, s)), jnp.zeros((N_USERS, F)),
+        scan(move_rows, lambda t, s: (t, s), 2), jnp.zeros((N_USERS, F)),
         jnp.zeros(N_USERS, jnp.int32))
 
   def kernel_rows(carry, b):
@@ -96,7 +104,7 @@ def main(argv):
     return new, None
 
   timed("C++: gather them, sum repeats, row-wise Adagrad them in place",
-        scan(kernel_rows, lambda t, a: (t, a)), jnp.zeros((N_USERS, F)),
+        scan(kernel_rows, lambda t, a: (t, a), 2), jnp.zeros((N_USERS, F)),
         jnp.zeros(N_USERS))
 
   for width in (1, F):
@@ -115,19 +123,22 @@ def main(argv):
   timed("scatter-add of a [8192, 50] row gradient", scan(grad_rows,
                                                          lambda: 0.0))
 
+  @jax.jit
+  def take_batches(columns, batch_rows):
+    def body(c, b):
+      batch = columns.take(b)
+      return c + jnp.sum(batch.users + batch.items + batch.ratings), None
+    return jax.lax.scan(body, 0.0, batch_rows)[0]
+
   for n in (N, BIG):
     columns = data if n == N else Ratings(
         *(jnp.asarray(rng.integers(1, hi, n), dt) for hi, dt in (
             (N_USERS, jnp.int32), (N_ITEMS, jnp.int32), (6, jnp.float32))))
     rows_n = jnp.asarray(rng.integers(0, n, batches.shape), jnp.int32)
-
-    def take_batch(c, b, columns=columns):
-      batch = columns.take(b)
-      return c + jnp.sum(batch.users + batch.items + batch.ratings), None
-
-    timed(f"gather a batch's user, item, rating from {n:,} rows",
-          jax.jit(lambda r, body=take_batch: jax.lax.scan(body, 0.0, r)[0]),
-          rows_n)
+    for huge in (False, True) if n == BIG else (True,):
+      timed(f"gather a batch's user, item, rating from {n:,} rows"
+            + ("" if huge else ", 4 KiB pages"), take_batches, columns, rows_n,
+            huge=huge)
     del columns
   lines = ["| bs 8192, 480k x 18k tables, 50 factors | ms per step |",
            "|---|---|"]
@@ -136,10 +147,21 @@ def main(argv):
     lines += ["", f"| ops of the rowwise_adagrad step, {kernel} row updates "
               "(thread time) | ms per step |", "|---|---|"]
     lines += [f"| {op} | {ms:.2f} |" for op, ms in op_times(
-        jax.jit(training.train_epoch),
-        (states["rowwise_adagrad", kernel], data, batches), steps,
+        epoch, (states["rowwise_adagrad", kernel], data, batches), steps,
         top=12 if kernel == "xla" else 8)]
   report.emit(lines, FLAGS.out)
+
+
+def fresh(args, huge: bool = True):
+  """New copies of `args` (for functions that donate, i.e. update in place,
+  some of them), on huge pages as `training.fit` puts its state and data
+  (or left on the 4 KiB pages they get by default)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxcf import hugepages  # pylint: disable=g-import-not-at-top
+  args = jax.tree.map(jax.numpy.copy, args)
+  if huge:
+    hugepages.advise(args)
+  return args
 
 
 def op_times(fn, args, steps: int, top: int = 12) -> list[tuple[str, float]]:
@@ -151,7 +173,8 @@ def op_times(fn, args, steps: int, top: int = 12) -> list[tuple[str, float]]:
   import tempfile  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   hlo = fn.lower(*args).compile().as_text()
-  jax.block_until_ready(fn(*args))
+  jax.block_until_ready(fn(*fresh(args)))
+  args = fresh(args)
   with tempfile.TemporaryDirectory() as folder:
     jax.profiler.start_trace(folder)
     jax.block_until_ready(fn(*args))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import models, optim, rowkernels, sharding, sparse
+from jaxcf import hugepages, models, optim, rowkernels, sharding, sparse
 from jaxcf.data import CollabData, Ratings
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
@@ -446,6 +446,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         f"{config.batch_size // shards} rows a step from each"
         + (f" ({n % shards} rows left over)" if n % shards else ""))
   put = put or jax.device_put
+  hugepages.advise((train, state))  # random rows: fewer TLB misses
   rows = order(first_epoch)
   runner = jax.jit(epoch_fn, donate_argnums=0, out_shardings=out_shardings)
   compiled = runner.lower(state, train, put(rows[:chunk])).compile()
