@@ -69,7 +69,7 @@ struct Distinct {
       if (i + kAhead < batch) __builtin_prefetch(&lookup[ids[i + kAhead]], 1);
       const int32_t id = ids[i];
       int32_t slot = lookup[id];
-      if (slot < 0 || slot >= d || rows[slot] != id) {
+      if (slot >= d || rows[slot] != id) {  // entries are never negative
         slot = d++;
         lookup[id] = slot;
         rows[slot] = id;
