@@ -62,7 +62,8 @@ def main(argv):
 
   model = models.create("dot_bias", N_USERS, N_ITEMS)
   states = {(kind, kernel): training.create_train_state(
-      model, sparse.SparseOptimizer(kind, 10**6, kernel=kernel),
+      model, training.make_optimizer(model, training.TrainConfig(
+          optimizer=kind, row_kernel=kernel), 10**6),
       jax.random.key(0))
             for kind in sparse.KINDS for kernel in ("xla", "cpp")}
   for kernel in ("xla", "cpp"):  # first, before any memory was advised

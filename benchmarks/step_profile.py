@@ -34,7 +34,7 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from jaxcf import models, optim, sparse, training  # pylint: disable=g-import-not-at-top
+  from jaxcf import models, optim, training  # pylint: disable=g-import-not-at-top
   from jaxcf.data import Ratings  # pylint: disable=g-import-not-at-top
 
   n_users, n_items, n, bs = 944, 1665, 80_000, 64
@@ -57,8 +57,8 @@ def main(argv):
       "optax.adamw, constant lr": optax.adamw(1e-3, 0.9, 0.99, 1e-5,
                                               weight_decay=0.1),
       "optax.sgd": optax.sgd(1e-3),
-      "lazy_adamw (touched rows)": sparse.SparseOptimizer(
-          "lazy_adamw", 100 * steps),
+      "lazy_adamw (touched rows)": training.make_optimizer(
+          model, training.TrainConfig(optimizer="lazy_adamw"), 100 * steps),
       "gradients only, no update": no_update,
   }
   rows = []

@@ -8,7 +8,7 @@ Chosen on the inner split:
 1. the best dot_bias configuration: n_factors x lr x wd x epochs (54);
 2. the best side_nn configuration (user, item and time features): lr x wd
    (4);
-3. with --autorec, two AutoRec families (`jaxcf.autorec`): one sigmoid
+3. with --autorec, two AutoRec families (`jaxcf.models.autorec`): one sigmoid
    layer of 500 with 30% input dropout, and two layers of 500; for each, the
    L2 weight (50/100/200) and the number of full-batch epochs (100..1000);
 4. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
@@ -39,8 +39,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from jaxcf import (autorec, data, datasets, features, movielens, sweep,
-                   training)
+from jaxcf import data, datasets, features, movielens, sweep, training
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_list("splits", ["fastai"],
@@ -64,8 +63,10 @@ NN_GRID = dict(model=["side_nn"], lr=[3e-3, 5e-3], wd=[0.1, 0.3])
 NN_EPOCHS = 5
 BAG_WDS = (0.02, 0.05, 0.1)
 WEIGHT_STEP = 0.05
-AUTOREC = {"autorec": autorec.AutoRecConfig(layers=(500,), dropout=0.3),
-           "autorec_deep": autorec.AutoRecConfig(layers=(500, 500))}
+AUTOREC = {"autorec": sweep.Replica(model="autorec", layers=(500,),
+                                    input_dropout=0.3, lr=1e-3, seed=0),
+           "autorec_deep": sweep.Replica(model="autorec", layers=(500, 500),
+                                         lr=1e-3, seed=0)}
 AUTOREC_LAMS = (50.0, 100.0, 200.0)
 AUTOREC_EPOCHS, AUTOREC_EVERY, AUTOREC_SEEDS = 1000, 100, 4
 
@@ -139,25 +140,30 @@ def tune(d: data.CollabData, log) -> dict:
           "weights": weights, "autorec": recs}
 
 
+def train_autorec(d, replicas, epochs):
+  config = training.TrainConfig(epochs=epochs, eval_every=AUTOREC_EVERY)
+  return sweep.train_sweep(replicas, d, config, log=None).results
+
+
 def tune_autorec(d: data.CollabData, log) -> dict:
-  """{family: (config, epochs)}: the L2 weight and epoch count of each
-  AutoRec family with the lowest validation MSE on `d` (one seed)."""
+  """{family: (replica, epochs)}: the L2 weight (wd) and epoch count of
+  each AutoRec family with the lowest validation MSE on `d` (one seed)."""
   chosen = {}
   for name, base in AUTOREC.items():
-    results = autorec.train(
-        d, [dataclasses.replace(base, lam=lam) for lam in AUTOREC_LAMS],
-        AUTOREC_EPOCHS, AUTOREC_EVERY, log=None)
-    loss, config, epochs = min((h["valid_loss"], r.config, h["epoch"])
-                               for r in results for h in r.history)
-    log(f"  inner best {name}: lam {config.lam} epochs {epochs}: {loss:.4f}")
-    chosen[name] = (config, epochs)
+    results = train_autorec(
+        d, [dataclasses.replace(base, wd=lam) for lam in AUTOREC_LAMS],
+        AUTOREC_EPOCHS)
+    loss, epochs, replica = min(
+        ((h["valid_loss"], h["epoch"] + 1, r.replica)
+         for r in results for h in r.history), key=lambda t: t[:2])
+    log(f"  inner best {name}: lam {replica.wd} epochs {epochs}: "
+        f"{loss:.4f}")
+    chosen[name] = (replica, epochs)
   return chosen
 
 
-def autorec_ensemble(d, config, epochs) -> np.ndarray:
-  results = autorec.train(d, [dataclasses.replace(config, seed=s)
-                              for s in range(AUTOREC_SEEDS)], epochs,
-                          AUTOREC_EVERY, log=None)
+def autorec_ensemble(d, replica, epochs) -> np.ndarray:
+  results = train_autorec(d, seeds(replica, AUTOREC_SEEDS), epochs)
   return np.mean([r.predictions for r in results], axis=0)
 
 
@@ -191,9 +197,9 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
                  "weights (dot_bias, bagged, side_nn" + "".join(
                      f", {n}" for n in recs) + ")": [
                          float(w) for w in c["weights"]],
-                 **{n: {"lam": cfg.lam, "epochs": e, "layers": list(
-                     cfg.layers), "dropout": cfg.dropout}
-                    for n, (cfg, e) in c["autorec"].items()}},
+                 **{n: {"lam": rep.wd, "epochs": e, "layers": list(
+                     rep.layers), "dropout": rep.input_dropout}
+                    for n, (rep, e) in c["autorec"].items()}},
       "book_single": float(np.mean([r.valid_loss for r in book])),
       "tuned_single": float(np.mean([r.valid_loss for r in dot])),
       "tuned_single_seed0": dot[0].valid_loss,

@@ -1,41 +1,61 @@
 """What jaxcf's command-line tools share: a user's mistake is one line on
-stderr and exit status 2, never a traceback."""
+stderr and exit status 2, never a traceback.
+
+`main(argv, body, flag_values)` parses the flags and runs `body` with this
+contract, returning the exit status: a script's __main__ exits with it, and
+tests call it in-process with their own `absl.flags.FlagValues`.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxcf.errors import UserError
 
 
-def fail(message: str) -> None:
+def error(message: str) -> int:
+  """Prints `error: message` on stderr; returns exit status 2."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  return 2
 
 
-def parse_flags(argv):
-  """absl's flag parsing, but a bad flag ends like any other mistake."""
+def _quiet() -> None:
+  """JAX's INFO log lines are noise on a terminal."""
+  if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def guarded(body: Callable[[], object]) -> int:
+  """Runs body; a UserError is one line and 2, a stop by a signal its
+  message and 128 + the signal's number."""
+  from jaxcf import outputs  # pylint: disable=g-import-not-at-top
   try:
-    return flags.FLAGS(argv)
+    body()
+  except UserError as e:
+    return error(str(e))
+  except outputs.Stopped as e:
+    print(str(e), file=sys.stderr)
+    return 128 + e.signum
+  return 0
+
+
+def main(argv: list[str], body: Callable[[flags.FlagValues], object],
+         flag_values: flags.FlagValues = flags.FLAGS) -> int:
+  """Parses argv (argv[0] is the program) into flag_values and runs
+  body(flag_values); returns the exit status. --help lists the flags."""
+  if any(a in ("--help", "-h", "--helpfull", "--helpshort") for a in argv):
+    print(flag_values.get_help())
+    return 0
+  try:
+    rest = flag_values(argv)
   except flags.Error as e:
-    fail(f"{e}. See --helpfull.")
-
-
-def run(body: Callable[[], object]) -> None:
-  """app.run of `body` with jaxcf's error handling."""
-
-  def main(argv):
-    if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines are noise
-      logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-      fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like "
-           "--name=value")
-    try:
-      body()
-    except UserError as e:
-      fail(str(e))
-
-  app.run(main, flags_parser=parse_flags)
+    return error(f"{e}. See --help.")
+  if len(rest) > 1:
+    return error(f"unexpected arguments {' '.join(rest[1:])}; flags look "
+                 "like --name=value")
+  if flag_values is flags.FLAGS:
+    _quiet()
+  return guarded(lambda: body(flag_values))

@@ -9,6 +9,7 @@ chooses the validation rows and puts int32/float32 arrays on the device.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, NamedTuple
 
 import jax
@@ -123,6 +124,25 @@ class CollabData:
   @property
   def n_items(self) -> int:
     return len(self.items)
+
+  def content_hash(self) -> str:
+    """SHA-256 of what training sees: the vocabularies, both splits (with
+    rating times) and the side-feature tables. A rerun on edited data gets
+    another hash (the resume fingerprint holds it)."""
+    digest = hashlib.sha256()
+    parts = [self.users.classes, self.items.classes, *self.train,
+             *self.valid]
+    if self.side is not None:
+      parts += [self.side.constants[k] for k in sorted(self.side.constants)]
+    for part in parts:
+      if part is None:
+        continue
+      array = np.asarray(part)
+      if array.dtype == object:  # string ids: their text, unambiguously
+        array = np.asarray([f"{type(v).__name__}:{v}" for v in array.tolist()])
+      digest.update(f"{array.dtype}{array.shape}".encode())
+      digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 DUPLICATES = ("error", "keep_last", "mean")

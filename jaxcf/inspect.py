@@ -13,23 +13,31 @@ there, an unknown user or title) ends with one line on stderr, exit 2.
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 import pandas as pd
 
 from jaxcf import cli, plots, trained
 from jaxcf.errors import UserError
 
-flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
-flags.DEFINE_string("user", None, "Recommend for this user id.")
-flags.DEFINE_string("item", None, "Show this item's neighbours (title or "
-                    "id).")
-flags.DEFINE_string("rate", None, "Fold in a new user from 'ITEM=RATING;...' "
-                    "and recommend for them.")
-flags.DEFINE_integer("k", 10, "How many rows each list shows.")
-flags.DEFINE_integer("min_ratings", 10, "Neighbours and biases only among "
-                     "items rated this often.")
-flags.DEFINE_string("pca_png", None, "Draw the book's PCA picture here.")
-FLAGS = flags.FLAGS
+
+def define(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "A workdir written by train.py.",
+                      flag_values=fv)
+  flags.DEFINE_string("user", None, "Recommend for this user id.",
+                      flag_values=fv)
+  flags.DEFINE_string("item", None, "Show this item's neighbours (title or "
+                      "id).", flag_values=fv)
+  flags.DEFINE_string("rate", None, "Fold in a new user from "
+                      "'ITEM=RATING;...' and recommend for them.",
+                      flag_values=fv)
+  flags.DEFINE_integer("k", 10, "How many rows each list shows.",
+                       flag_values=fv)
+  flags.DEFINE_integer("min_ratings", 10, "Neighbours and biases only among "
+                       "items rated this often.", flag_values=fv)
+  flags.DEFINE_string("pca_png", None, "Draw the book's PCA picture here.",
+                      flag_values=fv)
 
 
 def _show(title: str, frame: pd.DataFrame) -> None:
@@ -52,7 +60,7 @@ def parse_ratings(text: str) -> list[tuple[str, float]]:
   return out
 
 
-def run() -> None:
+def run(FLAGS: flags.FlagValues) -> None:  # pylint: disable=invalid-name
   if not FLAGS.workdir:
     raise UserError("--workdir is required: a folder train.py --workdir "
                     "wrote")
@@ -82,5 +90,13 @@ def run() -> None:
     print(f"\nwrote {FLAGS.pca_png}")
 
 
+def main(argv: list[str]) -> int:
+  """The command with arguments argv (without the program); its exit
+  status."""
+  fv = flags.FlagValues()
+  define(fv)
+  return cli.main(["jaxcf.inspect", *argv], run, fv)
+
+
 if __name__ == "__main__":
-  cli.run(run)
+  sys.exit(main(sys.argv[1:]))

@@ -53,3 +53,23 @@ class Bar:
     else:
       self.stream.write(text + "\n")
     self.stream.flush()
+
+
+def wait_with_progress(x, label: str, expected_s: float | None) -> None:
+  """Blocks until the jax.Array x is computed, drawing a bar if it takes a
+  while.
+
+  A compiled call runs asynchronously; progress is its elapsed time against
+  `expected_s` (the previous call's duration; None: just the time).
+  """
+  start = time.perf_counter()
+  bar = None
+  while not x.is_ready():
+    time.sleep(0.02)
+    elapsed = time.perf_counter() - start
+    if bar is None and elapsed > 1.0:
+      bar = Bar(label, expected_s)
+    if bar is not None:
+      bar.update(elapsed, f"{elapsed:.0f}s")
+  if bar is not None:
+    bar.close(f"{time.perf_counter() - start:.1f}s")

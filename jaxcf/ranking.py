@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import training
+from jaxcf import steps
 from jaxcf.data import Ratings
 
 
@@ -58,15 +58,19 @@ def interaction_mask(users: np.ndarray, items: np.ndarray, n_users: int,
   return mask
 
 
-def evaluate_ranking(state: training.TrainState, train: Ratings,
-                     valid: Ratings, n_items: int, k: int = 10,
-                     threshold: float = 4.0, max_users: int = 20_000,
-                     seed: int = 0) -> dict[str, float]:
-  """precision@k, recall@k and NDCG@k of a trained state on `valid`.
+def evaluate_ranking(scores, train: Ratings, valid: Ratings, n_items: int,
+                     k: int = 10, threshold: float = 4.0,
+                     max_users: int = 20_000, seed: int = 0
+                     ) -> dict[str, float]:
+  """precision@k, recall@k and NDCG@k of a trained model on `valid`.
 
+  scores: user rows int [U] -> predicted ratings [U, n_items] (e.g.
+  `TrainedModel.scores`), or a `steps.TrainState` to score every pair with.
   Scores every item for up to `max_users` validation users (a seeded sample
   when there are more), so memory is max_users x n_items floats.
   """
+  if isinstance(scores, steps.TrainState):
+    scores = functools.partial(score_matrix, scores, n_items=n_items)
   train = [np.asarray(x) for x in train]
   valid = [np.asarray(x) for x in valid]
   users = np.unique(valid[0][valid[2] >= threshold])
@@ -83,17 +87,17 @@ def evaluate_ranking(state: training.TrainState, train: Ratings,
   good = (valid[2] >= threshold) & (row[valid[0]] >= 0)
   relevant = interaction_mask(row[valid[0][good]], valid[1][good],
                               len(users), n_items) & ~seen
-  scores = score_matrix(state, users, n_items)
-  out = topk_metrics(scores, jnp.asarray(seen), jnp.asarray(relevant), k=k)
+  out = topk_metrics(scores(users), jnp.asarray(seen), jnp.asarray(relevant),
+                     k=k)
   return {f"{name}@{k}" if name != "users" else "ranked_users": float(v)
           for name, v in out.items()}
 
 
-def score_matrix(state: training.TrainState, users: np.ndarray,
+def score_matrix(state: steps.TrainState, users: np.ndarray,
                  n_items: int, batch_size: int = 1 << 16) -> jax.Array:
   """Predicted ratings [len(users), n_items] for every item."""
   u = jnp.repeat(jnp.asarray(users, jnp.int32), n_items)
   i = jnp.tile(jnp.arange(n_items, dtype=jnp.int32), len(users))
-  preds = jax.jit(training.predict_all, static_argnums=3)(state, u, i,
+  preds = jax.jit(steps.predict_all, static_argnums=3)(state, u, i,
                                                           batch_size)
   return preds.reshape(len(users), n_items)

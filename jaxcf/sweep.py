@@ -1,19 +1,23 @@
 """Many replicas in one compiled program: sweeps, seeds and ensembles.
 
-Replicas differ in learning rate, weight decay, seed and y_range; those that
-also share their shapes (model, n_factors, layers) form a group. A group's
-states are stacked on a leading axis and trained by `jax.vmap` of the very
-`train_epoch` that `training.fit` runs: one compiled program, one call per
-epoch for all of them. Per-replica lr and wd live in the optimiser state,
-y_range in the model's 'constants', and each replica's seed gives it the
-initialisation and data order it would have alone, so a replica in a sweep
-reproduces its solo run to float32 rounding.
+A `Replica` is a model spec (`models.Spec`) plus its learning rate, weight
+decay and seed. Replicas whose specs compile to the same program (the
+family's `Spec.group_key`: the settings that change shapes) form a group; a
+group's states are stacked on a leading axis and trained together by the
+family's trainer under `jax.vmap` — for minibatch families the very
+`steps.train_epoch` a single run uses, for AutoRec `jaxcf.fullbatch` — all
+through the one loop (`jaxcf.loop`). Per-replica lr and wd live in the
+optimiser state, y_range and dropout rates in the model's variables, and
+each replica's seed gives it the initialisation and data order it would
+have alone, so a replica in a sweep reproduces its solo run to float32
+rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -21,75 +25,87 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import models, sharding, training
+from jaxcf import (fullbatch, hooks, loop, models, placement, sharding,
+                   steps, training)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class Replica:
-  """One configuration of a sweep. Shared settings are in TrainConfig."""
-  model: str = "dot_bias"
-  n_factors: int = 50
-  layers: tuple[int, ...] | None = None
-  y_range: models.YRange = (0.0, 5.5)
+class Replica(models.Spec):
+  """One model of a sweep: a spec, its peak lr, weight decay and seed.
+  Settings every replica shares are in `training.TrainConfig`."""
   lr: float = 5e-3
   wd: float = 0.1
   seed: int = 42
-  id_dropout: float = 0.0  # side_nn only: the share of user ids hidden
-  param_dtype: str = "float32"  # or "bfloat16": weights and moments
-  compute_dtype: str = "float32"  # or "bfloat16": lookups and layers
+
+  def __post_init__(self):
+    super().__post_init__()
+    for name, ok, rule in (
+        ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+        ("wd", math.isfinite(self.wd) and self.wd >= 0,
+         "a number >= 0"),
+        ("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32,
+         "an integer in [0, 2^32)")):
+      if not ok:
+        raise UserError(f"--{name}={getattr(self, name)} must be {rule}")
 
   @property
-  def shape_key(self) -> tuple:
-    """Replicas with equal keys share one compiled program: one group."""
-    dot = self.model in ("dot", "dot_bias")
-    return (self.model, self.n_factors if dot else None,
-            None if dot else self.layers, self.y_range is None,
-            self.id_dropout if self.model == "side_nn" else None,
-            self.param_dtype, self.compute_dtype)
+  def spec(self) -> models.Spec:
+    return models.Spec(**{f.name: getattr(self, f.name)
+                          for f in dataclasses.fields(models.Spec)})
 
   def hparams(self) -> dict[str, Any]:
-    out = dataclasses.asdict(self)
-    out["layers"] = list(self.layers) if self.layers else None
-    out["y_range"] = list(self.y_range) if self.y_range else None
-    return out
+    """The replica as JSON: its settings as its family reads them (None for
+    those it ignores), lr, wd and seed."""
+    return {**self.normalised().to_json(), "lr": self.lr, "wd": self.wd,
+            "seed": self.seed}
 
   def create_model(self, data: CollabData, mesh=None):
     """The module for `data`; with a mesh, tables padded for its 'model'
     axis (see `jaxcf.sharding`)."""
-    side = {}
-    if self.model == "side_nn":
-      if data.side is None:
-        raise UserError("--model=side_nn needs side features (--side)")
-      side = {**data.side.spec, "id_dropout": self.id_dropout}
-    if mesh is not None and side:
-      raise UserError("--mesh does not support side_nn yet")
-    return models.create(self.model, sharding.pad_rows(data.n_users, mesh),
-                         sharding.pad_rows(data.n_items, mesh),
-                         n_factors=self.n_factors, y_range=self.y_range,
-                         layers=self.layers, param_dtype=self.param_dtype,
-                         compute_dtype=self.compute_dtype, **side)
+    family = self.family
+    side = data.side.spec if family.needs_side and data.side else None
+    if mesh is not None and family.needs_side:
+      raise UserError(f"--mesh does not support {self.model} yet")
+    return models.build(self, sharding.pad_rows(data.n_users, mesh),
+                        sharding.pad_rows(data.n_items, mesh), side)
 
 
 def grid(**values: Sequence) -> list[Replica]:
   """The cartesian product of lists of Replica fields, e.g.
 
   grid(lr=[1e-3, 5e-3], wd=[0.01, 0.1], seed=[0, 1]) -> 8 replicas.
-  Fields not given keep Replica's defaults.
+
+  Fields not given keep Replica's defaults. Each replica is normalised (its
+  family's defaults filled in, settings it ignores set to None) and
+  duplicates are dropped, so `model=['dot_bias', 'collab_nn'],
+  n_factors=[8, 16]` trains one collab_nn; a list over a setting that no
+  model in the grid reads is refused.
   """
   names = [f.name for f in dataclasses.fields(Replica) if f.name in values]
   unknown = set(values) - set(names)
   if unknown:
     raise ValueError(f"unknown Replica fields: {sorted(unknown)}")
-  return [Replica(**dict(zip(names, combo)))
-          for combo in itertools.product(*(values[n] for n in names))]
+  families = {models.get(m) for m in values.get("model", ["dot_bias"])}
+  for name in names:
+    if (len(values[name]) > 1 and name in models.registry.CHECKS
+        and not any(name in f.settings for f in families)):
+      raise UserError(
+          f"--{name} does not apply to --model="
+          f"{','.join(sorted(f.name for f in families))}; give one value")
+  out = []
+  for combo in itertools.product(*(values[n] for n in names)):
+    replica = Replica(**dict(zip(names, combo))).normalised()
+    if replica not in out:
+      out.append(replica)
+  return out
 
 
 @dataclasses.dataclass
 class ReplicaResult:
-  """A trained replica: its metrics per epoch, its weights (host numpy) and
-  its final validation predictions [n_valid]."""
+  """A trained replica: its rows (`jaxcf.loop`), its variables (host numpy)
+  and its final validation predictions [n_valid]."""
   replica: Replica
   history: list[dict[str, float]]
   params: Any
@@ -121,13 +137,13 @@ class SweepResult:
 
 def auto_chunk(model, data: CollabData, batch_size: int, n: int) -> int:
   """How many replicas to compile together: what fits in half the memory."""
-  per_replica = training.train_bytes(model, data, batch_size)
-  fit = (training.available_bytes() // 2) // max(1, per_replica)
+  per_replica = placement.train_bytes(model, data, batch_size)
+  fit = (placement.available_bytes() // 2) // max(1, per_replica)
   return int(max(1, min(n, fit)))
 
 
 def init_replicas(model, tx, replicas: Sequence[Replica],
-                  constants: dict | None = None) -> training.TrainState:
+                  constants: dict | None = None) -> steps.TrainState:
   """Stacked train states: replica r initialised exactly as `fit` would.
 
   constants: side-feature tables shared by every replica.
@@ -138,7 +154,7 @@ def init_replicas(model, tx, replicas: Sequence[Replica],
   wds = jnp.array([r.wd for r in replicas], jnp.float32)
 
   def one(key, lr, wd):
-    state = training.create_train_state(model, tx, key, constants)
+    state = steps.create_train_state(model, tx, key, constants)
     return state.replace(opt_state=state.opt_state._replace(
         peak_lr=lr, weight_decay=wd))
 
@@ -162,117 +178,110 @@ def _epoch_batches(keys, epoch, n, config) -> np.ndarray:
   for key in keys:
     tag = tuple(np.asarray(jax.random.key_data(key)).tolist())
     if tag not in cache:
-      cache[tag] = training.epoch_batches(key, epoch, n, config.batch_size,
-                                          config.sampling)
+      cache[tag] = steps.epoch_batches(key, epoch, n, config.batch_size,
+                                       config.sampling)
     out.append(cache[tag])
   return np.stack(out)
 
 
-def train_chunk(replicas: Sequence[Replica], data: CollabData,
-                config: training.TrainConfig, *,
-                log: Callable[[str], None] | None = print,
-                on_epoch: Callable[[int, dict], None] | None = None
-                ) -> tuple[list[ReplicaResult], float, float]:
-  """Trains replicas of one shape together; returns (results, compile
-  seconds, train seconds). on_epoch(index in chunk, row) sees every row."""
+def train_group(replicas: Sequence[Replica], data: CollabData,
+                config: training.TrainConfig, run_hooks: Sequence[loop.Hook],
+                log: Callable[[str], None]):
+  """Trains minibatch replicas of one group together (vmapped scanned
+  epochs). Returns (loop outcome, validation predictions [R, n_valid],
+  variables shared by all replicas (none here), compile seconds)."""
   if config.row_kernel != "xla":
     raise UserError(f"--row_kernel={config.row_kernel} trains one model "
                     "(the kernels do not vmap over replicas)")
   model = replicas[0].create_model(data)
-  training.check_memory(model, data, config.batch_size, len(replicas))
+  placement.check_memory(model, data, config.batch_size, len(replicas))
   n = data.train.size
-  steps = n // config.batch_size
-  if steps == 0:
-    raise UserError(f"--bs={config.batch_size} is larger than the {n} "
-                    "training rows; use a smaller batch size")
-  tx = training.make_optimizer(model, config, steps * config.epochs)
+  per_epoch = placement.steps_per_epoch(n, config.batch_size, None)
+  tx = training.make_optimizer(model, config, per_epoch * config.epochs)
   state = init_replicas(model, tx, replicas,
                         training.model_constants(model, data))
   keys = _order_keys(replicas)
+  epoch_rows = {}
 
-  t0 = time.perf_counter()
-  batches = _epoch_batches(keys, 0, n, config)
-  run_epoch = jax.jit(jax.vmap(training.train_epoch, in_axes=(0, None, 0)),
+  def inputs(step: int, count: int):
+    epoch, done = divmod(step, per_epoch)
+    if epoch not in epoch_rows:
+      epoch_rows.clear()
+      epoch_rows[epoch] = _epoch_batches(keys, epoch, n, config)
+    return epoch_rows[epoch][:, done:done + count]
+
+  start = time.perf_counter()
+  run_epoch = jax.jit(jax.vmap(steps.train_epoch, in_axes=(0, None, 0)),
                       donate_argnums=0).lower(state, data.train,
-                                              batches).compile()
-  run_eval = jax.jit(jax.vmap(training.evaluate, in_axes=(0, None, None)),
+                                              inputs(0, per_epoch)).compile()
+  run_eval = jax.jit(jax.vmap(steps.evaluate, in_axes=(0, None, None)),
                      static_argnums=2).lower(
                          state, data.valid, config.eval_batch_size).compile()
-  compile_seconds = time.perf_counter() - t0
-  say = log or (lambda _: None)
-  say(f"compiled {len(replicas)} replicas of {model.__class__.__name__} in "
+  compile_seconds = time.perf_counter() - start
+  log(f"compiled {len(replicas)} replicas of {type(model).__name__} in "
       f"{compile_seconds:.2f}s")
-  say(f"{'epoch':<6}{'best':>10}{'median':>10}{'worst':>10}{'time':>9}"
-      "   (valid loss over replicas)")
+  program = loop.Program(
+      steps_per_epoch=per_epoch, epochs=config.epochs, chunk=per_epoch,
+      report_every=1, inputs=inputs,
+      train=lambda state, rows: run_epoch(state, data.train, rows),
+      evaluate=lambda state: run_eval(state, data.valid),
+      lr=lambda state: state.opt_state.lr, replicas=len(replicas))
+  outcome = loop.run(program, state, run_hooks)
+  predict = jax.jit(jax.vmap(steps.predict_all,
+                             in_axes=(0, None, None, None)), static_argnums=3)
+  preds = predict(outcome.state, data.valid.users, data.valid.items,
+                  config.eval_batch_size)
+  return outcome, preds, {}, compile_seconds
 
-  histories = [[] for _ in replicas]
-  train_seconds, last = 0.0, None
-  for epoch in range(config.epochs):
-    start = time.perf_counter()
-    state, losses = run_epoch(state, data.train, batches)
-    if epoch + 1 < config.epochs:
-      batches = _epoch_batches(keys, epoch + 1, n, config)
-    if log:
-      training.wait_with_progress(losses, f"epoch {epoch}", last)
-    losses = np.asarray(losses)
-    last = time.perf_counter() - start
-    train_seconds += last
-    metrics = {k: np.asarray(v) for k, v in run_eval(state,
-                                                     data.valid).items()}
-    seconds = time.perf_counter() - start
-    lrs = np.asarray(state.opt_state.lr)
-    for r, history in enumerate(histories):
-      row = {"epoch": epoch, "train_loss": float(losses[r].mean()),
-             "valid_loss": float(metrics["mse"][r]),
-             "valid_rmse": float(metrics["rmse"][r]),
-             "valid_mae": float(metrics["mae"][r]), "lr_end": float(lrs[r]),
-             "seconds": seconds}
-      history.append(row)
-      if on_epoch:
-        on_epoch(r, row)
-    valid = np.sort(metrics["mse"])
-    say(f"{epoch:<6}{valid[0]:>10.6f}{np.median(valid):>10.6f}"
-        f"{valid[-1]:>10.6f}{seconds:>8.2f}s")
 
-  predict = jax.jit(jax.vmap(training.predict_all,
-                             in_axes=(0, None, None, None)),
-                    static_argnums=3)
-  preds = np.asarray(predict(state, data.valid.users, data.valid.items,
-                             config.eval_batch_size))
-  params, model_state = jax.device_get((state.params, state.model_state))
-  results = [ReplicaResult(
-      replica=rep, history=histories[r],
-      params=jax.tree.map(lambda x, r=r: x[r], params),
-      model_state=jax.tree.map(lambda x, r=r: x[r], model_state),
-      predictions=preds[r]) for r, rep in enumerate(replicas)]
-  return results, compile_seconds, train_seconds
+TRAINERS = {"batches": train_group, "full_batch": fullbatch.train_group}
+
+
+def _results(replicas, outcome: loop.Outcome, preds, shared: dict
+             ) -> list[ReplicaResult]:
+  """One ReplicaResult per replica from a stacked outcome; shared: model
+  variable collections every replica shares (not stacked)."""
+  state = outcome.state
+  params, model_state, preds = jax.device_get((state.params,
+                                               state.model_state, preds))
+  results = []
+  for r, replica in enumerate(replicas):
+    own = jax.tree.map(lambda x, r=r: x[r], model_state)
+    for name, values in shared.items():
+      own[name] = {**own.get(name, {}), **jax.device_get(values)}
+    results.append(ReplicaResult(
+        replica=replica, history=outcome.progress.histories[r],
+        params=jax.tree.map(lambda x, r=r: x[r], params), model_state=own,
+        predictions=np.asarray(preds[r])))
+  return results
 
 
 def ensemble_score(results: Sequence[ReplicaResult], members: Sequence[int],
                    ratings) -> dict[str, Any]:
   """Validation metrics of the mean prediction of `members` (results with
-  `predictions` [n_valid]: sweep or `jaxcf.autorec` results)."""
+  `predictions` [n_valid])."""
   mean = np.mean([results[i].predictions for i in members], axis=0)
-  metrics = training.error_metrics(jnp.asarray(mean, jnp.float32),
-                                   jnp.asarray(ratings))
+  metrics = steps.error_metrics(jnp.asarray(mean, jnp.float32),
+                                jnp.asarray(ratings))
   return {"members": list(members),
           **{f"valid_{k if k != 'mse' else 'loss'}": float(v)
              for k, v in metrics.items()}}
 
 
-def train_sweep(replicas: Sequence[Replica], data: CollabData,
-                config: training.TrainConfig, *, chunk: int | None = None,
-                ensemble_top: int | None = None,
+def train_sweep(replicas: Sequence[Replica], data: CollabData, config, *,
+                chunk: int | None = None, ensemble_top: int | None = None,
                 log: Callable[[str], None] | None = print,
                 on_epoch: Callable[[int, dict], None] | None = None
                 ) -> SweepResult:
-  """Trains every replica, grouped by shape and chunked to fit in memory.
+  """Trains every replica, grouped by compiled program and chunked to fit
+  in memory.
 
   Args:
     replicas: the configurations (e.g. from `grid`); config's own lr, wd and
       seed are not used.
     data: the data, shared by all replicas.
-    config: epochs, batch size, schedule shape, sampling.
+    config: a `training.TrainConfig`: epochs, batch size, schedule shape,
+      sampling, eval_every (full-batch families).
     chunk: at most this many replicas per compiled program; None chooses
       by memory (`auto_chunk`).
     ensemble_top: None for no ensemble; 0 averages all replicas; k > 0 the k
@@ -280,7 +289,7 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
       validation loss that scores them flatters the ensemble: pick them on
       another split for an honest number.
     log: progress lines (None: silent).
-    on_epoch: called with (replica index, metrics row) for every row.
+    on_epoch: called with (replica index, row) for every row.
   """
   if not replicas:
     raise UserError("the sweep has no replicas")
@@ -289,32 +298,37 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
   say = log or (lambda _: None)
   groups: dict[tuple, list[int]] = {}
   for i, r in enumerate(replicas):
-    groups.setdefault(r.shape_key, []).append(i)
+    groups.setdefault(r.group_key(), []).append(i)
 
   results: list[ReplicaResult | None] = [None] * len(replicas)
-  compile_seconds = train_seconds = 0.0
-  for key, members in groups.items():
-    model = replicas[members[0]].create_model(data)
+  compile_seconds = train_seconds = samples = 0.0
+  for members in groups.values():
+    first = replicas[members[0]]
+    model = first.create_model(data)
     size = chunk or auto_chunk(model, data, config.batch_size, len(members))
     pieces = [members[k:k + size] for k in range(0, len(members), size)]
+    trainer = TRAINERS[first.family.trainer]
     for p, piece in enumerate(pieces):
-      say(f"group {_describe(key)}: replicas {piece[0]}..{piece[-1]} "
+      say(f"group {_describe(first)}: replicas {piece[0]}..{piece[-1]} "
           f"(chunk {p + 1} of {len(pieces)})")
-      done, c, t = train_chunk(
-          [replicas[i] for i in piece], data, config, log=log,
-          on_epoch=(lambda r, row, piece=piece: on_epoch(piece[r], row))
-          if on_epoch else None)
-      compile_seconds += c
-      train_seconds += t
-      for i, res in zip(piece, done):
+      run_hooks = [hooks.SweepTable(say)] if log else []
+      if on_epoch:
+        run_hooks.append(hooks.OnRow(
+            lambda r, row, piece=piece: on_epoch(piece[r], row)))
+      group = [replicas[i] for i in piece]
+      outcome, preds, shared, seconds = trainer(group, data, config,
+                                                run_hooks, say)
+      compile_seconds += seconds
+      train_seconds += outcome.train_seconds
+      if first.family.trainer == "batches":
+        samples += outcome.steps_run * config.batch_size * len(piece)
+      for i, res in zip(piece, _results(group, outcome, preds, shared)):
         results[i] = res
 
   sweep = SweepResult(results=results, ensemble=None,
                       compile_seconds=compile_seconds,
-                      train_seconds=train_seconds, samples_per_second=0.0)
-  steps = data.train.size // config.batch_size
-  sweep.samples_per_second = (steps * config.batch_size * config.epochs *
-                              len(replicas) / max(train_seconds, 1e-9))
+                      train_seconds=train_seconds,
+                      samples_per_second=samples / max(train_seconds, 1e-9))
   if ensemble_top is not None:
     ranking = sweep.ranking()
     members = ranking if ensemble_top == 0 else ranking[:ensemble_top]
@@ -323,17 +337,18 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData,
   return sweep
 
 
-def _describe(key: tuple) -> str:
-  model, n_factors, layers, no_range, id_dropout, param_dtype, _ = key
-  parts = [model]
-  if n_factors is not None:
-    parts.append(f"n_factors={n_factors}")
-  if layers is not None:
-    parts.append(f"layers={','.join(map(str, layers))}")
-  if no_range:
+def _describe(replica: Replica) -> str:
+  """The group's compiled settings that differ from Spec's defaults, e.g.
+  'dot_bias n_factors=8'."""
+  spec = replica.normalised()
+  family = spec.family
+  parts = [spec.model]
+  for name in sorted(family.settings - family.in_state):
+    value = getattr(spec, name)
+    if value == getattr(models.Spec(), name) and name != "layers":
+      continue
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    parts.append(f"{name}={text}")
+  if "y_range" in family.settings and spec.y_range is None:
     parts.append("y_range=none")
-  if id_dropout:
-    parts.append(f"id_dropout={id_dropout}")
-  if param_dtype != "float32":
-    parts.append(f"param_dtype={param_dtype}")
   return " ".join(parts)

@@ -77,3 +77,15 @@ def fastai_splits(ml100k) -> Path:
   if not (folder / "fastai_seed42_valid.tsv").is_file():
     pytest.skip(f"fastai's validation splits not found in {folder}")
   return folder
+
+
+def train_cli(*args: str) -> int:
+  """train.py in-process: parses args (a fresh set of flags) and runs the
+  experiment; returns the exit status. Read what it printed with capsys."""
+  from absl import flags
+  from jaxcf import cli, cliconfig, experiment
+  flag_values = flags.FlagValues()
+  cliconfig.define(flag_values)
+  return cli.main(["train.py", *args],
+                  lambda fv: experiment.train_and_evaluate(cliconfig.build(fv)),
+                  flag_values)

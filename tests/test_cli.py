@@ -1,4 +1,6 @@
-"""train.py as a user runs it: a real subprocess, real files, exit codes."""
+"""train.py as a user runs it: flags, files, exit codes and what a run
+writes. In-process (`tests.conftest.train_cli`: the real flag parsing, the
+real run); `test_the_script_runs` starts the real script once."""
 
 import json
 import os
@@ -8,23 +10,40 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+import jaxcf
+from tests.conftest import REPO, train_cli
 
 
-def run(*args, cwd=REPO):
+@pytest.fixture(autouse=True)
+def _no_shared_data(monkeypatch):
+  monkeypatch.delenv("JAXCF_DATA", raising=False)
+
+
+def test_the_script_runs_and_fails_with_exit_2(tiny_ml, tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("JAXCF_DATA", None)
-  return subprocess.run([sys.executable, str(REPO / "train.py"), *args],
-                        capture_output=True, text=True, cwd=cwd, env=env,
-                        timeout=300)
+  ok = subprocess.run([sys.executable, str(REPO / "train.py"),
+                       f"--data_dir={tiny_ml}", "--epochs=1", "--bs=32",
+                       f"--workdir={tmp_path / 'w'}"], capture_output=True,
+                      text=True, env=env, timeout=300)
+  assert ok.returncode == 0, ok.stderr
+  assert "final valid MSE" in ok.stdout
+  bad = subprocess.run([sys.executable, str(REPO / "train.py"),
+                        f"--data_dir={tiny_ml}", "--lr=-1"],
+                       capture_output=True, text=True, env=env, timeout=300)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      "error: --lr=-1.0 must be a positive number"]
+  helps = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"],
+                         capture_output=True, text=True, env=env, timeout=300)
+  assert helps.returncode == 0 and "--n_factors" in helps.stdout
 
 
-def test_trains_and_writes_workdir(tiny_ml, tmp_path):
+def test_trains_and_writes_workdir(tiny_ml, tmp_path, capsys):
   workdir = tmp_path / "run"
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=3", "--bs=16",
-             f"--workdir={workdir}", "--seed=1")
-  assert proc.returncode == 0, proc.stderr
-  out = proc.stdout
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=3", "--bs=16",
+                   f"--workdir={workdir}", "--seed=1") == 0
+  out, err = capsys.readouterr()
   assert "read " in out and "ratings from" in out
   assert "model dot_bias: " in out and "compiled" in out
   assert "epoch  train_loss valid_loss" in out
@@ -32,27 +51,49 @@ def test_trains_and_writes_workdir(tiny_ml, tmp_path):
   ).splitlines()]
   assert [r["epoch"] for r in rows] == [0, 1, 2]
   for r in rows:
-    assert {"epoch", "train_loss", "valid_loss", "valid_rmse",
-            "seconds"} <= set(r)
+    assert {"epoch", "train_loss", "train_loss_smooth", "valid_loss",
+            "valid_rmse", "valid_mae", "lr_end", "seconds"} == set(r)
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["final"] == rows[-1]
-  assert summary["flags"]["bs"] == 16 and summary["flags"]["seed"] == "1"
+  config = json.loads((workdir / "config.json").read_text())
+  assert summary["config"] == config
+  assert config["train"]["bs"] == 16 and config["train"]["seed"] == [1]
   assert summary["versions"]["jax"] and summary["device"]["platform"]
   assert summary["train_samples_per_second"] > 0
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in err
+  model = jaxcf.load(str(workdir))
+  assert model.spec["model"] == "dot_bias"
 
 
-def test_flagfile_and_models(tiny_ml, tmp_path):
+def test_flagfile_and_models(tiny_ml, tmp_path, capsys):
   flagfile = tmp_path / "flags.txt"
   flagfile.write_text(f"--data_dir={tiny_ml}\n--model=embedding_nn\n"
                       "--layers=16,8\n--epochs=1\n--bs=32\n--split=u1\n")
-  proc = run(f"--flagfile={flagfile}")
-  assert proc.returncode == 0, proc.stderr
-  assert "model embedding_nn" in proc.stdout
-  assert "official split u1" in proc.stdout
+  assert train_cli(f"--flagfile={flagfile}") == 0
+  out = capsys.readouterr().out
+  assert "model embedding_nn" in out
+  assert "official split u1" in out
 
 
-def test_own_ratings_file_with_titles(tmp_path):
+def test_config_file_and_flags_over_it(tiny_ml, tmp_path, capsys):
+  path = tmp_path / "cfg.py"
+  path.write_text(
+      "from jaxcf import config\n"
+      "def get_config():\n"
+      "  return config.RunConfig(\n"
+      "      model=config.Model(model=('embedding_nn',), layers=((8,),)),\n"
+      "      train=config.Train(epochs=3, bs=32, lr=(1e-2,)))\n")
+  assert train_cli(f"--config={path}", f"--data_dir={tiny_ml}",
+                   "--epochs=2", f"--workdir={tmp_path / 'w'}") == 0
+  out = capsys.readouterr().out
+  assert "model embedding_nn" in out
+  written = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert written["train"]["epochs"] == 2  # the flag over the file
+  assert written["train"]["bs"] == 32 and written["train"]["lr"] == [1e-2]
+  assert written["model"]["layers"] == [[8]]
+
+
+def test_own_ratings_file_with_titles(tmp_path, capsys):
   ratings = tmp_path / "ratings.csv"
   lines = ["userId,movieId,rating,timestamp"]
   lines += [f"{u},{i},{(u * i) % 9 / 2 + 0.5},{u * 100 + i}"
@@ -61,13 +102,12 @@ def test_own_ratings_file_with_titles(tmp_path):
   movies = tmp_path / "movies.csv"
   movies.write_text("movieId,title,genres\n" + "".join(
       f'{i},"Film {i}, The (2001)",Drama\n' for i in range(1, 16)))
-  proc = run(f"--ratings_file={ratings}", f"--items_file={movies}",
-             "--item_columns=movieId,title", "--epochs=1", "--bs=8")
-  assert proc.returncode == 0, proc.stderr
-  assert f"read {len(lines) - 1} ratings" in proc.stdout
-  proc = run(f"--ratings_file={ratings}", "--epochs=1", "--bs=8")
-  assert proc.returncode == 0, proc.stderr
-  assert "items are keyed by id" in proc.stdout
+  assert train_cli(f"--ratings_file={ratings}", f"--items_file={movies}",
+                   "--item_columns=movieId,title", "--epochs=1",
+                   "--bs=8") == 0
+  assert f"read {len(lines) - 1} ratings" in capsys.readouterr().out
+  assert train_cli(f"--ratings_file={ratings}", "--epochs=1", "--bs=8") == 0
+  assert "items are keyed by id" in capsys.readouterr().out
 
 
 def _bad_files(tmp_path):
@@ -87,12 +127,27 @@ def _bad_files(tmp_path):
 ERROR_CASES = [
     # (flags, what stderr must say)
     (["--model=svd"], "--model=svd is unknown"),
-    (["--lr=-1"], "--lr=-1 must be positive"),
+    (["--lr=-1"], "--lr=-1.0 must be a positive number"),
+    (["--lr=nan"], "--lr=nan must be a positive number"),
+    (["--seed=-1"], "--seed=-1 must be an integer in [0, 2^32)"),
+    (["--seed=100000000000000000000"], "must be an integer in [0, 2^32)"),
     (["--lr=fast"], "--lr=fast: cannot read"),
     (["--epochs=many"], "flag --epochs=many"),
-    (["--wd=0.1,-1"], "--wd=0.1,-1 must not be negative"),
+    (["--wd=0.1,-1"], "--wd=-1.0 must be a number >= 0"),
+    (["--div=nan"], "--div=nan must be a positive number"),
     (["--seed=1,x"], "--seed=1,x: cannot read"),
-    (["--n_factors=0"], "--n_factors=0 must be positive"),
+    (["--n_factors=0"], "--n_factors=0 must be a positive integer"),
+    (["--model=collab_nn", "--n_factors=8,16"],
+     "--n_factors does not apply to --model=collab_nn"),
+    (["--model=autorec", "--y_range=0,5"],
+     "--y_range does not apply to --model=autorec"),
+    (["--side=user"], "--side does not apply to --model=dot_bias"),
+    (["--optimizer=lazy_adamw", "--model=side_nn"], "not side_nn"),
+    (["--optimizer=adam"], "--optimizer=adam must be one of adamw, sgd"),
+    (["--config={tmp}/nowhere.py"], "--config={tmp}/nowhere.py: no such"),
+    (["--checkpoint_every=0"], "--checkpoint_every=0 must be at least 1"),
+    (["--checkpoint_steps=-5"], "--checkpoint_steps=-5 must be 0"),
+    (["--keep_checkpoints=0"], "--keep_checkpoints=0 must be at least 1"),
     (["--model=dot,svd"], "--model=svd is unknown"),
     (["--chunk=-1", "--seed=1,2"], "--chunk=-1 must be at least 1"),
     (["--plot", "--seed=1,2"], "--plot writes into --workdir"),
@@ -100,11 +155,13 @@ ERROR_CASES = [
     (["--tensorboard", "--seed=1,2", "--workdir={tmp}/w"], "drop it for sweeps"),
     (["--ensemble", "--ensemble_top=-2"], "--ensemble_top=-2"),
     (["--bs=0"], "--bs=0 must be positive"),
-    (["--y_range=5,0"], "LOW must be below HIGH"),
+    (["--y_range=5,0"], "--y_range=5.0,0.0 must be LOW,HIGH with finite"),
+    (["--y_range=0,inf"], "--y_range=0.0,inf must be LOW,HIGH with finite"),
     (["--y_range=1"], "must be LOW,HIGH"),
-    (["--layers=100,abc"], "comma-separated integers"),
-    (["--layers=100;0"], "every width must be positive"),
-    (["--y_range=0,5.5;4,2"], "--y_range=4,2: LOW must be below HIGH"),
+    (["--model=collab_nn", "--layers=100,abc"], "comma-separated integers"),
+    (["--model=embedding_nn", "--layers=100;0"],
+     "--layers=0 must be positive integer widths"),
+    (["--y_range=0,5.5;4,2"], "--y_range=4.0,2.0 must be LOW,HIGH"),
     (["--valid_pct=1.5"], "strictly between 0 and 1"),
     (["--sampling=bootstrap"], "--sampling=bootstrap"),
     (["--nonsense=1"], "Unknown command line flag 'nonsense'"),
@@ -123,7 +180,7 @@ ERROR_CASES = [
     (["--model=side_nn", "--ratings_file={tmp}/good.tsv"],
      "not available for --ratings_file"),
     (["--model=side_nn", "--side=user,weather"], "unknown ['weather']"),
-    (["--id_dropout=1.5"], "must lie in [0, 1)"),
+    (["--model=side_nn", "--id_dropout=1.5"], "--id_dropout=1.5 must be in [0, 1)"),
     (["--ratings_file={tmp}/dups.tsv"], "1 rating(s) repeat an earlier"),
     (["--ratings_file={tmp}/dups.tsv", "--duplicates=first"],
      "--duplicates=first must be one of"),
@@ -147,8 +204,8 @@ ERROR_CASES = [
     (["--model=autorec,dot"], "--model=autorec trains alone"),
     (["--model=autorec", "--bs=32"], "--bs does not apply to --model=autorec"),
     (["--model=autorec", "--input_dropout=0,1"],
-     "--input_dropout=0,1: every value must be in [0, 1)"),
-    (["--model=autorec", "--wd=-1"], "--wd=-1: every value must be at least 0"),
+     "--input_dropout=1.0 must be in [0, 1)"),
+    (["--model=autorec", "--wd=-1"], "--wd=-1.0 must be a number >= 0"),
     (["--model=autorec", "--layers=8,x"], "comma-separated integers"),
     (["--model=autorec", "--dataset=synthetic", "--n_users=100000",
       "--n_items=10000", "--n_ratings=1000"],
@@ -158,28 +215,28 @@ ERROR_CASES = [
 
 @pytest.mark.parametrize("flags, message", ERROR_CASES,
                          ids=[" ".join(f) for f, _ in ERROR_CASES])
-def test_user_mistakes_exit_2_with_one_line(tiny_ml, tmp_path, flags,
-                                            message):
+def test_user_mistakes_exit_2_with_one_line(tiny_ml, tmp_path, capsys,
+                                            flags, message):
   tmp = _bad_files(tmp_path)
   args = [f.format(tmp=tmp) for f in flags]
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=1", *args)
-  assert proc.returncode == 2, (proc.stdout, proc.stderr)
-  assert "Traceback" not in proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 1, proc.stderr
-  assert message in errors[0]
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=1", *args) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  errors = [l for l in err.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1, err
+  assert message.format(tmp=tmp) in errors[0]
 
 
-def test_autorec_ranks_ensembles_and_saves_the_best(tiny_ml, tmp_path):
+def test_autorec_ranks_ensembles_and_saves_the_ensemble(tiny_ml, tmp_path,
+                                                        capsys):
   workdir = tmp_path / "autorec"
-  proc = run(f"--data_dir={tiny_ml}", "--model=autorec", "--layers=16",
-             "--epochs=40", "--lr=1e-2", "--wd=1", "--seed=0,1",
-             "--ensemble", f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stderr
-  assert "autorec: 2 replica(s) over seed, 40 full-batch epochs" in (
-      proc.stdout)
-  assert "ensemble of 2 replicas: valid MSE" in proc.stdout
-  summary = json.loads((workdir / "summary.json").read_text())
+  assert train_cli(f"--data_dir={tiny_ml}", "--model=autorec", "--layers=16",
+                   "--epochs=40", "--lr=1e-2", "--wd=1", "--seed=0,1",
+                   "--ensemble", f"--workdir={workdir}") == 0
+  out = capsys.readouterr().out
+  assert "sweep of 2 replicas over seed, 40 full-batch epochs" in out
+  assert "ensemble of 2 replicas: valid MSE" in out
+  summary = json.loads((workdir / "sweep.json").read_text())
   losses = [r["valid_loss"] for r in summary["ranking"]]
   assert losses == sorted(losses) and len(losses) == 2
   assert {r["seed"] for r in summary["ranking"]} == {0, 1}
@@ -187,24 +244,35 @@ def test_autorec_ranks_ensembles_and_saves_the_best(tiny_ml, tmp_path):
   assert summary["ensemble"]["valid_loss"] <= sum(losses) / 2 + 1e-6
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text(
   ).splitlines()]
-  assert len(rows) == 2 * 10 and rows[-1]["epoch"] == 40
+  assert len(rows) == 2 * 10 and rows[-1]["epoch"] == 39
   best = summary["ranking"][0]
   final = [r for r in rows if r["replica"] == best["replica"]][-1]
   assert final["valid_loss"] == best["valid_loss"]
-  weights = np.load(workdir / "autorec_params.npz")
-  assert weights["Dense_0/kernel"].shape == (summary["n_users"], 16)
-  assert weights["Dense_1/kernel"].shape == (16, summary["n_users"])
+  # model/ is the ensemble, in the one format jaxcf.load reads.
+  model = jaxcf.load(str(workdir))
+  assert [s.model for s in model.specs] == ["autorec", "autorec"]
+  assert model.info["ensemble"]["valid_loss"] == pytest.approx(
+      summary["ensemble"]["valid_loss"])
+  users = model.users.decode(np.asarray(model.valid.users))
+  items = model.items.decode(np.asarray(model.valid.items))
+  keep = model.user_trained[np.asarray(model.valid.users)] & (
+      model.item_counts[np.asarray(model.valid.items)] > 0)
+  preds = model.predict(users[keep], items[keep])
+  truth = np.asarray(model.valid.ratings)[keep]
+  assert np.isfinite(preds).all() and preds.shape == truth.shape
+  assert len(model.recommend(users[0], k=3)) == 3
 
 
-def test_sweep_writes_replica_metrics_and_ranking(tiny_ml, tmp_path):
+def test_sweep_writes_replica_metrics_and_ranking(tiny_ml, tmp_path, capsys):
   workdir = tmp_path / "sweep"
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
-             "--lr=1e-2,3e-2", "--wd=0.01,0.1", "--seed=3,4", "--ensemble",
-             "--ensemble_top=3", "--chunk=3", f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stderr
-  assert "sweep of 8 replicas over lr, wd, seed" in proc.stdout
-  assert "chunk 3 of 3" in proc.stdout
-  assert "ensemble of 3 replicas" in proc.stdout
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
+                   "--lr=1e-2,3e-2", "--wd=0.01,0.1", "--seed=3,4",
+                   "--ensemble", "--ensemble_top=3", "--chunk=3",
+                   f"--workdir={workdir}") == 0
+  out = capsys.readouterr().out
+  assert "sweep of 8 replicas over lr, wd, seed" in out
+  assert "chunk 3 of 3" in out
+  assert "ensemble of 3 replicas" in out
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text(
   ).splitlines()]
   assert len(rows) == 8 * 2
@@ -216,19 +284,37 @@ def test_sweep_writes_replica_metrics_and_ranking(tiny_ml, tmp_path):
   assert summary["ensemble"]["members"] == sorted(
       r["replica"] for r in summary["ranking"][:3])
   assert summary["swept"] == ["lr", "wd", "seed"]
+  assert len(jaxcf.load(str(workdir)).specs) == 3  # the ensemble
 
 
-def test_sweep_over_shapes_and_plot(tiny_ml, tmp_path):
+def test_sweep_over_shapes_and_plot(tiny_ml, tmp_path, capsys):
   pytest.importorskip("matplotlib")
   workdir = tmp_path / "shapes"
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=1", "--bs=16",
-             "--model=dot_bias,embedding_nn", "--n_factors=4,8",
-             "--layers=8;16,8", "--y_range=0,5.5;0.5,5.25",
-             f"--workdir={workdir}", "--plot")
-  assert proc.returncode == 0, proc.stderr
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=1", "--bs=16",
+                   "--model=dot_bias,embedding_nn", "--n_factors=4,8",
+                   "--layers=8;16,8", "--y_range=0,5.5;0.5,5.25",
+                   f"--workdir={workdir}", "--plot") == 0
+  out = capsys.readouterr().out
   # dot_bias: 2 widths; embedding_nn: 2 layer sets; each x 2 y_ranges.
-  assert proc.stdout.count("compiled ") == 4
+  assert out.count("compiled ") == 4
+  assert "sweep of 8 replicas" in out
   assert (workdir / "sweep.png").stat().st_size > 10_000
+  summary = json.loads((workdir / "sweep.json").read_text())
+  by_model = {}
+  for row in summary["ranking"]:
+    by_model.setdefault(row["model"], []).append(row)
+  # Settings a model does not read are null, never duplicated replicas.
+  assert {r["n_factors"] for r in by_model["embedding_nn"]} == {None}
+  assert {tuple(r["layers"]) for r in by_model["embedding_nn"]} == {
+      (8,), (16, 8)}
+  assert {r["layers"] for r in by_model["dot_bias"]} == {None}
+
+
+def test_unread_settings_collapse_instead_of_duplicating(tiny_ml, capsys):
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=1", "--bs=32",
+                   "--model=dot_bias,collab_nn", "--n_factors=4,8") == 0
+  out = capsys.readouterr().out
+  assert "sweep of 3 replicas over model, n_factors, layers" in out
 
 
 def _event_tags(folder):
@@ -252,9 +338,8 @@ def test_tensorboard_events_and_loss_plot(tiny_ml, tmp_path):
   pytest.importorskip("tensorboardX")
   pytest.importorskip("matplotlib")
   workdir = tmp_path / "tb"
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=8",
-             f"--workdir={workdir}", "--tensorboard", "--plot")
-  assert proc.returncode == 0, proc.stderr
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=8",
+                   f"--workdir={workdir}", "--tensorboard", "--plot") == 0
   tags = _event_tags(workdir / "tensorboard")
   steps = int(json.loads((workdir / "summary.json").read_text())[
       "n_train"]) // 8 * 2
@@ -265,16 +350,13 @@ def test_tensorboard_events_and_loss_plot(tiny_ml, tmp_path):
   assert (workdir / "loss.png").stat().st_size > 5_000
 
 
-def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path):
+def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path, capsys):
+  from jaxcf import inspect
+  from absl import flags
   workdir = tmp_path / "side"
-  proc = run(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
-             "--model=side_nn", "--layers=8", "--id_dropout=0.1",
-             f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stderr
-  assert "side information: user, item, time" in proc.stdout
-  inspect = subprocess.run(
-      [sys.executable, "-m", "jaxcf.inspect", f"--workdir={workdir}",
-       "--user=2", "--k=3"], capture_output=True, text=True, cwd=REPO,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert inspect.returncode == 0, inspect.stderr
-  assert "top 3 for user 2" in inspect.stdout
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
+                   "--model=side_nn", "--layers=8", "--id_dropout=0.1",
+                   f"--workdir={workdir}") == 0
+  assert "side information: user, item, time" in capsys.readouterr().out
+  assert inspect.main([f"--workdir={workdir}", "--user=2", "--k=3"]) == 0
+  assert "top 3 for user 2" in capsys.readouterr().out

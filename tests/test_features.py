@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, features, sweep, trained, training
+from jaxcf import datasets, features, optim, sweep, trained, training
 from jaxcf.errors import UserError
 from tests.conftest import write_movielens
 
@@ -56,7 +56,7 @@ def test_side_nn_uses_features_and_time(side_data):
   d, _ = side_data
   model = sweep.Replica(model="side_nn", layers=(8,)).create_model(d)
   state = training.create_train_state(
-      model, training.optim.one_cycle_adamw(1e-2, 0.1, 10), jax.random.key(0),
+      model, optim.one_cycle_adamw(1e-2, 0.1, 10), jax.random.key(0),
       training.model_constants(model, d))
   users, items = jnp.array([3, 3]), jnp.array([5, 5])
   early = training.predict(state, users, items, jnp.array([0.0, 0.0]))
@@ -79,7 +79,7 @@ def test_id_dropout_trains_the_unknown_row(side_data):
                           id_dropout=p).create_model(d)
     init_key = jax.random.split(jax.random.key(config.seed))[0]
     start = training.create_train_state(
-        model, training.optim.one_cycle_adamw(1.0, 0.0, 1), init_key,
+        model, optim.one_cycle_adamw(1.0, 0.0, 1), init_key,
         training.model_constants(model, d))
     end = training.fit(model, d, config, log=None).state
     a = np.asarray(start.params["user_factors"]["embedding"][0])

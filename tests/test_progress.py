@@ -6,7 +6,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxcf import progress, training
+from jaxcf import progress
 
 
 def test_bar_writes_lines_off_a_terminal():
@@ -35,11 +35,11 @@ class _Pending:
 
 
 def test_wait_draws_a_bar_only_for_slow_work(capsys):
-  training.wait_with_progress(_Pending(0.1), "epoch 0", expected_s=None)
+  progress.wait_with_progress(_Pending(0.1), "epoch 0", expected_s=None)
   assert capsys.readouterr().err == ""
-  training.wait_with_progress(_Pending(1.3), "epoch 1", expected_s=2.0)
+  progress.wait_with_progress(_Pending(1.3), "epoch 1", expected_s=2.0)
   assert capsys.readouterr().err == ""  # off a terminal: lines every 5s
-  training.wait_with_progress(_Pending(6.5), "epoch 2", expected_s=8.0)
+  progress.wait_with_progress(_Pending(6.5), "epoch 2", expected_s=8.0)
   err = capsys.readouterr().err
   assert "epoch 2 [" in err and "%" in err
 
@@ -52,5 +52,5 @@ def test_a_dispatched_epoch_is_asynchronous():
   slow(x).block_until_ready()
   y = slow(x)
   assert not y.is_ready()
-  training.wait_with_progress(y, "work", expected_s=None)
+  progress.wait_with_progress(y, "work", expected_s=None)
   assert y.is_ready()

@@ -13,11 +13,8 @@ from jaxcf.errors import UserError
 def _state(kind, name="dot_bias", n_users=6, n_items=5, total=10, lr=1e-2,
            wd=0.1, kernel="xla"):
   model = models.create(name, n_users, n_items, n_factors=3)
-  if kind == "adamw":
-    tx = optim.one_cycle_adamw(lr, wd, total)
-  else:
-    tx = sparse.SparseOptimizer(kind, total, peak_lr=lr, weight_decay=wd,
-                                kernel=kernel)
+  tx = training.make_optimizer(model, training.TrainConfig(
+      optimizer=kind, lr=lr, wd=wd, row_kernel=kernel), total)
   return training.create_train_state(model, tx, jax.random.key(0))
 
 
@@ -131,7 +128,7 @@ def test_sweep_with_a_row_optimizer_equals_solo(tmp_path):
                              solo.history[-1]["valid_loss"], rtol=1e-5)
 
 
-def test_synthetic_data_and_cli(tmp_path):
+def test_synthetic_data_and_cli(tmp_path, capsys):
   from jaxcf import synthetic
   d = synthetic.generate(300, 50, 20_000, seed=3, log=None)
   assert (d.train.size, d.valid.size) == (19_800, 200)
@@ -151,16 +148,11 @@ def test_synthetic_data_and_cli(tmp_path):
                         log=None)
   baseline = float(np.var(np.asarray(d.valid.ratings)))
   assert result.history[-1]["valid_loss"] < 0.8 * baseline
-  import subprocess, sys, os
-  from tests.conftest import REPO
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "train.py"), "--dataset=synthetic",
-       "--n_users=200", "--n_items=40", "--n_ratings=5000", "--bs=256",
-       "--epochs=1", "--optimizer=rowwise_adagrad", "--lr=0.1"],
-      capture_output=True, text=True, env={**os.environ,
-                                           "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr
-  assert "generated 5,000 synthetic ratings" in proc.stdout
+  from tests.conftest import train_cli
+  assert train_cli("--dataset=synthetic", "--n_users=200", "--n_items=40",
+                   "--n_ratings=5000", "--bs=256", "--epochs=1",
+                   "--optimizer=rowwise_adagrad", "--lr=0.1") == 0
+  assert "generated 5,000 synthetic ratings" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("n, size", [(10, 64), (600_000, 64), (3, 5)])
@@ -212,19 +204,14 @@ def test_cpp_gather_and_a_bad_id():
         table, jnp.asarray([1, 12], jnp.int32)))
 
 
-def test_cpp_kernels_train_from_the_cli(tmp_path):
+def test_cpp_kernels_train_from_the_cli(tmp_path, capsys):
   _kernels_or_skip()
-  import subprocess, sys, os
-  from tests.conftest import REPO
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "train.py"), "--dataset=synthetic",
-       "--n_users=200", "--n_items=40", "--n_ratings=5000", "--bs=256",
-       "--epochs=2", "--optimizer=rowwise_adagrad", "--lr=0.1",
-       "--row_kernel=cpp"],
-      capture_output=True, text=True, env={**os.environ,
-                                           "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr
-  assert "valid" in proc.stdout
+  from tests.conftest import train_cli
+  assert train_cli("--dataset=synthetic", "--n_users=200", "--n_items=40",
+                   "--n_ratings=5000", "--bs=256", "--epochs=2",
+                   "--optimizer=rowwise_adagrad", "--lr=0.1",
+                   "--row_kernel=cpp") == 0
+  assert "final valid MSE" in capsys.readouterr().out
 
 
 def test_cpp_kernels_unavailable_is_one_line(tmp_path):

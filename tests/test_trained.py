@@ -2,17 +2,13 @@
 neighbours, biases, PCA, folding in new users, ranking metrics, inspect."""
 
 import json
-import os
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxcf import datasets, ranking, sweep, trained, training
 from jaxcf.errors import UserError
-from tests.conftest import REPO, write_movielens
+from tests.conftest import write_movielens
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +136,8 @@ def test_fold_in_without_ratings_follows_item_biases(tiny):
   nobody = model.fold_in({})
   recs = model.recommend(nobody, k=3)
   mean_user = model.fold_in([])
-  np.testing.assert_allclose(mean_user.rows["user_bias"],
-                             nobody.rows["user_bias"])
+  np.testing.assert_allclose(mean_user.rows[0]["user_bias"],
+                             nobody.rows[0]["user_bias"])
   assert len(recs) == 3
 
 
@@ -155,7 +151,7 @@ def test_fold_in_for_an_nn_model(tiny):
       replica, result.state.params, result.state.model_state, data)
   rated = [(model.items.decode([i])[0], r) for i, r in ((1, 5.0), (3, 1.0))]
   folded = model.fold_in(rated, steps=50)
-  assert folded.rows["user_factors"].shape == (
+  assert folded.rows[0]["user_factors"].shape == (
       model.state.params["user_factors"]["embedding"].shape[1],)
   assert len(model.recommend(folded, k=3)) == 3
 
@@ -243,27 +239,26 @@ def test_model_ranking_metrics(tiny):
 
 # The inspect CLI --------------------------------------------------------------
 
-def test_inspect_cli(tiny_ml, tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def test_inspect_cli(tiny_ml, tmp_path, capsys):
+  from jaxcf import inspect
+  from tests.conftest import train_cli
   workdir = tmp_path / "run"
-  subprocess.run([sys.executable, str(REPO / "train.py"),
-                  f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
-                  f"--workdir={workdir}"], check=True, capture_output=True,
-                 env=env)
-  run = lambda *a: subprocess.run(
-      [sys.executable, "-m", "jaxcf.inspect", f"--workdir={workdir}", *a],
-      capture_output=True, text=True, cwd=REPO, env=env)
-  proc = run("--user=3", "--item=Twin (1995)", "--rate=Twin (1995)=5",
-             "--k=3", "--min_ratings=1")
-  assert proc.returncode == 0, proc.stderr
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
+                   f"--workdir={workdir}") == 0
+  capsys.readouterr()
+  assert inspect.main([f"--workdir={workdir}", "--user=3",
+                       "--item=Twin (1995)", "--rate=Twin (1995)=5", "--k=3",
+                       "--min_ratings=1"]) == 0
+  out = capsys.readouterr().out
   for heading in ("lowest item biases", "highest item biases",
                   "top 3 for user 3", "items most like Twin (1995)",
                   "top 3 for a new user who rated 1 item(s)"):
-    assert heading in proc.stdout
-  bad = run("--user=12345")
-  assert bad.returncode == 2 and "Traceback" not in bad.stderr
-  assert "user '12345' is not in the data" in bad.stderr
-  assert run("--rate=oops").returncode == 2
+    assert heading in out
+  assert inspect.main([f"--workdir={workdir}", "--user=12345"]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert "user '12345' is not in the data" in err
+  assert inspect.main([f"--workdir={workdir}", "--rate=oops"]) == 2
 
 
 # The book's biases on the real MovieLens ---------------------------------------

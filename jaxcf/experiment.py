@@ -1,0 +1,284 @@
+"""A run as a function of its config: `train_and_evaluate(config)`.
+
+    data = load_data(config)                      # files -> CollabData
+    replicas = config.replicas()                  # the sweep axes' product
+    one model:  training.fit(...)  -> ranking, summary.json, model/
+    otherwise:  sweep.train_sweep(...) -> ranking of replicas, ensemble,
+                sweep.json, model/ (the best replica, or the ensemble)
+
+With a workdir it writes metrics.jsonl (a line per replica and
+evaluation, `jaxcf.loop`'s rows), and at the end config.json (the config
+as JSON), the summary and the model (`jaxcf.artifact`, which `jaxcf.load`
+reads); it checkpoints a single run so that rerunning the same config
+resumes it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+
+import jax
+
+from jaxcf import (config as config_lib, datasets, distributed, features, io,
+                   models, outputs, plots, ranking, resume, sharding, sweep,
+                   synthetic, tblog, trained, training)
+from jaxcf.errors import UserError
+
+
+def load_data(config: config_lib.RunConfig, log=print):
+  """The ratings the config names, split and encoded, with side features
+  when a model needs them."""
+  d = config.data
+  seed = d.split_seed if d.split_seed is not None else config.train.seed[0]
+  if d.dataset == "synthetic":
+    return synthetic.generate(d.n_users, d.n_items, d.n_ratings,
+                              valid_pct=d.valid_pct, seed=seed, log=log)
+  item_name = d.item_name
+  if d.ratings_file and not d.items_file and item_name == "title":
+    item_name = "movie"
+    log("items are keyed by id (no --items_file gives titles)")
+  source = datasets.Source(
+      ratings_file=d.ratings_file, data_dir=d.data_dir,
+      columns=io.parse_columns_flag(d.columns), sep=d.sep,
+      items_file=d.items_file,
+      item_columns=io.parse_columns_flag(d.item_columns) or (0, 1))
+  y_ranges = {r.y_range for r in config.replicas()}
+  data = datasets.load(source, item_name=item_name, split=d.split,
+                       valid_pct=d.valid_pct, seed=seed,
+                       valid_file=d.valid_file, duplicates=d.duplicates,
+                       y_ranges=y_ranges, clip=d.clip_ratings, log=log)
+  if any(f.needs_side for f in config.model.families):
+    if data.folder is None:
+      raise UserError("--model=side_nn uses MovieLens 100k's side "
+                      "information; it is not available for --ratings_file")
+    kinds = [k.strip() for k in d.side.split(",") if k.strip()]
+    data = features.attach(data, features.movielens(data, data.folder, kinds))
+    log(f"side information: {', '.join(kinds)}")
+  return data
+
+
+def train_and_evaluate(config: config_lib.RunConfig, log=print) -> dict:
+  """Runs `config` (see the module docstring); returns the summary.
+
+  Raises:
+    UserError: a mistake in the config or the data, before any work.
+    outputs.Stopped: a signal stopped a single run after a checkpoint.
+  """
+  _join_processes(config)
+  replicas = config.replicas()
+  single = (len(replicas) == 1 and not config.output.ensemble
+            and replicas[0].family.trainer == "batches")
+  if not single:
+    _check_sweep(config)
+  data = load_data(config, log)
+  if single:
+    summary = run_single(config, replicas[0], data, log)
+    distributed.barrier("finished")  # the others wait while 0 writes
+    return summary
+  return run_sweep(config, replicas, data, log)
+
+
+def _join_processes(config: config_lib.RunConfig) -> None:
+  """With --num_processes > 1: joins the others; only process 0 prints and
+  writes files (the others keep stderr)."""
+  h = config.hosts
+  distributed.initialize(h.coordinator_address, h.num_processes,
+                         h.process_id)
+  if h.num_processes == 1:
+    return
+  if not h.mesh:
+    raise UserError("--num_processes > 1 trains over a mesh of all their "
+                    f"devices: add --mesh (e.g. data:{jax.device_count()})")
+  print(f"process {jax.process_index()} of {jax.process_count()}: "
+        f"{jax.local_device_count()} of {jax.device_count()} devices",
+        file=sys.stderr, flush=True)
+  if config.output.workdir:
+    distributed.check_same(os.path.abspath(config.output.workdir),
+                           "--workdir")
+  if not distributed.is_leader():
+    sys.stdout = open(os.devnull, "w")
+
+
+def _check_sweep(config: config_lib.RunConfig) -> None:
+  if jax.process_count() > 1:
+    raise UserError("sweeps run in one process; drop --num_processes")
+  for name, value in (("tensorboard", config.output.tensorboard),
+                      ("mesh", config.hosts.mesh),
+                      ("shard_data", config.hosts.shard_data)):
+    if value:
+      raise UserError(f"--{name} applies to one run; drop it for sweeps")
+  if config.train.row_kernel != "xla":
+    raise UserError(f"--row_kernel={config.train.row_kernel} applies to one "
+                    "run (the kernels do not vmap over replicas); drop it "
+                    "for sweeps")
+
+
+def _checkpoints(config: config_lib.RunConfig, data):
+  """The run's checkpoints in workdir (every process writes its shards),
+  fingerprinted by the config and the data's content."""
+  directory = os.path.join(config.output.workdir, "checkpoints")
+  if config.output.restart and distributed.is_leader():
+    shutil.rmtree(directory, ignore_errors=True)
+  distributed.barrier("restart")
+  return resume.RunCheckpoints(directory,
+                               config.fingerprint(data.content_hash()),
+                               keep=config.output.keep_checkpoints)
+
+
+def run_single(config: config_lib.RunConfig, replica, data, log=print
+               ) -> dict:
+  """One model: fit, ranking, summary.json and model/ in the workdir."""
+  h, o = config.hosts, config.output
+  mesh = sharding.make_mesh(h.mesh) if h.mesh else None
+  model = replica.create_model(data, mesh)
+  train_config = config.train_config(replica)
+  device = jax.devices()[0]
+  log(f"model {replica.model}: {models.count_params(model):,} parameters; "
+      f"device {device.platform} ({device.device_kind})")
+  out = o.workdir if distributed.is_leader() else None
+  metrics = outputs.Metrics(out)
+  board = None
+  if o.tensorboard and out:
+    steps = data.train.size // train_config.batch_size * train_config.epochs
+    board = tblog.Writer(os.path.join(out, "tensorboard"), steps,
+                         train_config.lr, train_config.pct_start,
+                         train_config.div, train_config.div_final,
+                         train_config.moms)
+
+  def on_epoch(row):
+    metrics.write(row)
+    if board:
+      board.epoch(row)
+
+  checkpoints = _checkpoints(config, data) if o.workdir else None
+  with outputs.StopOnSignal() as stop:
+    result = training.fit(
+        model, data, train_config, on_epoch=on_epoch,
+        on_losses=board.losses if board else None, checkpoints=checkpoints,
+        checkpoint_every=o.checkpoint_every,
+        chunk_steps=o.checkpoint_steps or None,
+        stop_requested=lambda: distributed.any_process(stop.requested()),
+        mesh=mesh, shard_data=h.shard_data,
+        log=log if distributed.is_leader() else None)
+  if checkpoints:
+    checkpoints.close()
+  if result.stopped:
+    where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
+             "command to continue" if checkpoints else "nothing was saved "
+             "(no --workdir)")
+    # With several processes, one signalled process stops them all.
+    name = stop.name or "a signal to another process"
+    raise outputs.Stopped(f"stopped by {name}; {where}",
+                          stop.signum or signal.SIGTERM)
+  state = result.state
+  if jax.process_count() > 1:  # gathered, for this process's devices alone
+    state = state.replace(params=distributed.to_host(state.params),
+                          model_state=distributed.to_host(state.model_state),
+                          opt_state=None, rng=None)
+  final = result.history[-1]
+  speed = (f"{result.samples_per_second:,.0f} training samples/s"
+           if result.train_seconds else "the run was already complete")
+  log(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
+      f"{final['valid_rmse']:.4f}); {speed}, compile "
+      f"{result.compile_seconds:.1f}s")
+  top = ranking.evaluate_ranking(state, data.train, data.valid, data.n_items)
+  log(outputs.ranking_line(top))
+  summary = {
+      "final": final, "ranking": top,
+      "best_valid_loss": min(h["valid_loss"] for h in result.history),
+      "n_params": models.count_params(model),
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "train_samples_per_second": result.samples_per_second,
+      **outputs.context(data, config),
+  }
+  if not out:
+    return summary
+  outputs.write_json(os.path.join(out, "config.json"), config.to_json())
+  outputs.write_json(os.path.join(out, "summary.json"), summary)
+  if config.data.dataset == "synthetic":  # no ids or titles worth a model
+    log(f"wrote {metrics.path} and summary.json")
+    return summary
+  saved = trained.TrainedModel.from_training(
+      replica, state.params, state.model_state, data,
+      info={"summary": summary})
+  saved.save(os.path.join(out, "model"))
+  log(f"wrote {metrics.path}, summary.json and model/")
+  if board:
+    if "item_factors" in saved.state.params:
+      labels = (saved.titles if saved.titles is not None
+                else saved.items.decode(range(len(saved.items))))
+      board.embedding(saved.state.params["item_factors"]["embedding"],
+                      labels, "item_factors")
+    board.close()
+    log(f"wrote TensorBoard events: tensorboard --logdir="
+        f"{os.path.join(out, 'tensorboard')}")
+  if o.plot:
+    path = os.path.join(out, "loss.png")
+    plots.loss_plot(result.history, path)
+    log(f"wrote {path}")
+  return summary
+
+
+def run_sweep(config: config_lib.RunConfig, replicas, data, log=print
+              ) -> dict:
+  """Many replicas: a ranking, the ensemble, sweep.json and model/ (the
+  best replica, or the ensemble with --ensemble) in the workdir."""
+  o = config.output
+  hparams = [r.hparams() for r in replicas]
+  swept = [k for k in hparams[0]
+           if len({json.dumps(h[k]) for h in hparams}) > 1]
+  full_batch = replicas[0].family.trainer == "full_batch"
+  log(f"sweep of {len(replicas)} replicas over {', '.join(swept) or 'nothing'}"
+      + (f", {config.train.epochs} full-batch epochs" if full_batch else "")
+      + f"; device {jax.devices()[0].platform}")
+  metrics = outputs.Metrics(o.workdir)
+  result = sweep.train_sweep(
+      replicas, data, config.train_config(), chunk=o.chunk or None,
+      ensemble_top=o.ensemble_top if o.ensemble else None, log=log,
+      on_epoch=lambda r, row: metrics.write(
+          {"replica": r, **hparams[r], **row}))
+  order = result.ranking()
+  ranked = [outputs.ranking_row(rank, i, hparams[i],
+                                result.results[i].history)
+            for rank, i in enumerate(order, 1)]
+  log(outputs.ranking_table(ranked, swept))
+  if result.ensemble:
+    e = result.ensemble
+    log(f"ensemble of {len(e['members'])} replicas: valid MSE "
+        f"{e['valid_loss']:.4f} (RMSE {e['valid_rmse']:.4f}); best single "
+        f"{ranked[0]['valid_loss']:.4f}")
+  if not full_batch:
+    log(f"{result.samples_per_second:,.0f} training samples/s over all "
+        f"replicas, compile {result.compile_seconds:.1f}s")
+  summary = {
+      "n_replicas": len(replicas), "swept": swept, "ranking": ranked,
+      "ensemble": result.ensemble,
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "train_samples_per_second": result.samples_per_second,
+      **outputs.context(data, config),
+  }
+  if not o.workdir:
+    return summary
+  outputs.write_json(os.path.join(o.workdir, "config.json"), config.to_json())
+  outputs.write_json(os.path.join(o.workdir, "sweep.json"), summary)
+  members = ([i for i in order if i in result.ensemble["members"]]
+             if result.ensemble else order[:1])
+  chosen = [result.results[i] for i in members]
+  saved = trained.TrainedModel.from_members(
+      [(r.replica, r.params, r.model_state) for r in chosen], data,
+      info={"best_replica": ranked[0], "ensemble": result.ensemble})
+  saved.save(os.path.join(o.workdir, "model"))
+  what = (f"the ensemble of {len(chosen)}" if result.ensemble
+          else "the best replica")
+  log(f"wrote {metrics.path}, sweep.json and model/ ({what})")
+  if o.plot:
+    path = os.path.join(o.workdir, "sweep.png")
+    plots.sweep_plot(result, swept, path)
+    log(f"wrote {path}")
+  return summary

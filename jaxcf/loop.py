@@ -1,0 +1,232 @@
+"""The one training loop: compiled calls of steps, evaluations, hooks.
+
+A single run, a sweep's vmapped replicas and AutoRec's full-batch training
+all go through `run`. What differs between them is the `Program` (its
+compiled train and evaluation functions, and the host-side inputs of each
+call); what they share is here: calls of at most `chunk` steps that never
+cross an evaluation, the next call's inputs prepared on the host while the
+device works, a progress bar on slow calls, one metrics row per replica and
+evaluation, and hooks for everything periodic (printing, metrics files,
+checkpoints, the divergence guard, TensorBoard).
+
+Rows (one per replica and evaluation): epoch (the last finished epoch),
+train_loss (mean over the steps since the last evaluation),
+train_loss_smooth (fastai's debiased moving average over all steps),
+valid_loss (MSE), valid_rmse, valid_mae, lr_end (the last step's learning
+rate) and seconds (wall time since the last evaluation, itself included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from jaxcf.progress import wait_with_progress
+
+
+@dataclasses.dataclass
+class Program:
+  """What `run` trains.
+
+  Attributes:
+    steps_per_epoch, epochs: the run's length is their product, in steps.
+    chunk: the most steps one compiled call runs.
+    report_every: epochs between evaluations (and rows).
+    inputs: (first step, count) -> the host-side inputs of the call that
+      runs those steps (e.g. the batches' row indices).
+    train: (state, inputs) -> (state, losses float32 [count], or
+      [replicas, count] for stacked replicas); may return before the
+      device is done.
+    evaluate: state -> {'mse', 'rmse', 'mae'}, scalars or [replicas].
+    lr: state -> the last step's learning rate, a scalar or [replicas].
+    replicas: how many models the state holds (stacked on a leading axis
+      when more than one).
+  """
+  steps_per_epoch: int
+  epochs: int
+  chunk: int
+  report_every: int
+  inputs: Callable[[int, int], Any]
+  train: Callable[[Any, Any], tuple[Any, Any]]
+  evaluate: Callable[[Any], dict]
+  lr: Callable[[Any], Any]
+  replicas: int = 1
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.epochs
+
+  def call_size(self, step: int) -> int:
+    """Steps of the call that starts at `step`: up to `chunk`, never past
+    the next evaluation."""
+    period = self.report_every * self.steps_per_epoch
+    boundary = min((step // period + 1) * period, self.total_steps)
+    return min(self.chunk, boundary - step)
+
+  def reports_at(self, step: int) -> bool:
+    period = self.report_every * self.steps_per_epoch
+    return step % period == 0 or step == self.total_steps
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where a run stands; JSON-able, so a checkpoint can hold it.
+
+  histories: per replica, the rows so far; ema: per replica, fastai's
+  moving average of the training loss [raw value, steps]; partial: per
+  replica, the losses of the steps since the last evaluation.
+  """
+  step: int
+  histories: list[list[dict]]
+  ema: list[list[float]]
+  partial: list[list[float]]
+
+  @classmethod
+  def start(cls, replicas: int) -> "Progress":
+    return cls(0, [[] for _ in range(replicas)],
+               [[0.0, 0] for _ in range(replicas)],
+               [[] for _ in range(replicas)])
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Context:
+  """What hooks see: the state and progress after a call, and the call."""
+  program: Program
+  state: Any
+  progress: Progress
+  losses: np.ndarray | None = None  # float32 [replicas, steps of the call]
+  stopping: bool = False  # the run stops after this call (a signal)
+  restored: bool = False  # rows being replayed from a checkpoint
+  last_saved: str = "none"  # where the latest checkpoint is, for messages
+
+  @property
+  def step(self) -> int:
+    return self.progress.step
+
+  @property
+  def epoch(self) -> int:
+    """The epoch the last step belongs to."""
+    return max(self.step - 1, 0) // self.program.steps_per_epoch
+
+
+class Hook:
+  """Periodic work; override what you need."""
+
+  def begin(self, ctx: Context) -> None:
+    """Before the first call (after restored rows are replayed)."""
+
+  def after_call(self, ctx: Context) -> None:
+    """After every compiled call, its losses in ctx.losses."""
+
+  def after_report(self, ctx: Context, rows: list[dict],
+                   losses: np.ndarray) -> None:
+    """After an evaluation: one row per replica, and the losses [replicas,
+    steps] since the previous one (empty when replaying restored rows)."""
+
+
+@dataclasses.dataclass
+class Outcome:
+  state: Any
+  progress: Progress
+  train_seconds: float  # training calls only, evaluations excluded
+  steps_run: int  # steps this call of `run` trained (not restored ones)
+  stopped: bool  # should_stop ended the run early
+
+
+def smooth_losses(losses: np.ndarray, start: float, count: int,
+                  beta: float = 0.98) -> tuple[float, int, float]:
+  """fastai's printed train loss: a debiased moving average over steps.
+
+  Returns (raw average, steps so far, debiased value) to carry across epochs.
+  """
+  avg = start
+  for loss in np.asarray(losses, np.float64):
+    avg = beta * avg + (1 - beta) * loss
+  count += len(losses)
+  return float(avg), count, float(avg / (1 - beta**count))
+
+
+def run(program: Program, state, hooks: Sequence[Hook] = (), *,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        show_progress: bool = True) -> Outcome:
+  """Trains `state` to the end of `program`, or until `should_stop` (polled
+  after every call and every evaluation) says so.
+
+  progress: where a restored run stands (None: the start); its rows are
+  replayed to the hooks first, with ctx.restored set.
+  """
+  progress = progress or Progress.start(program.replicas)
+  ctx = Context(program, state, progress, restored=True)
+  for rows in zip(*progress.histories):
+    for hook in hooks:
+      hook.after_report(ctx, list(rows), np.zeros((program.replicas, 0)))
+  ctx.restored = False
+  for hook in hooks:
+    hook.begin(ctx)
+  total = program.total_steps
+  train_seconds, steps_run, last_period = 0.0, 0, None
+  count = program.call_size(progress.step) if progress.step < total else 0
+  inputs = program.inputs(progress.step, count) if count else None
+  period_start = time.perf_counter()
+  while progress.step < total:
+    ctx.state, losses = program.train(ctx.state, inputs)
+    step = progress.step + count
+    if step < total:  # prepare the next call while the device works
+      count = program.call_size(step)
+      inputs = program.inputs(step, count)
+    if show_progress:
+      epoch = (step - 1) // program.steps_per_epoch
+      wait_with_progress(losses, f"epoch {epoch}", last_period)
+    ctx.losses = np.asarray(losses, np.float32).reshape(program.replicas, -1)
+    steps_run += ctx.losses.shape[1]
+    progress.step = step
+    for r, part in enumerate(ctx.losses):
+      progress.partial[r].extend(float(x) for x in part)
+    ctx.stopping = bool(should_stop and should_stop())
+    for hook in hooks:  # a hook may end the run (the divergence guard)
+      hook.after_call(ctx)
+    if program.reports_at(step):
+      last_period = time.perf_counter() - period_start
+      train_seconds += last_period
+      _report(program, ctx, hooks, period_start, should_stop)
+      period_start = time.perf_counter()
+    if ctx.stopping:
+      break
+  stopped = ctx.stopping and progress.step < total
+  if stopped:  # the unfinished period's training time
+    train_seconds += time.perf_counter() - period_start
+  return Outcome(ctx.state, progress, train_seconds, steps_run, stopped)
+
+
+def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
+            period_start: float, should_stop) -> None:
+  """Evaluates, appends a row per replica, polls should_stop again, and
+  tells the hooks."""
+  progress = ctx.progress
+  metrics = {k: np.atleast_1d(np.asarray(v, np.float64))
+             for k, v in program.evaluate(ctx.state).items()}
+  lrs = np.atleast_1d(np.asarray(program.lr(ctx.state), np.float64))
+  seconds = time.perf_counter() - period_start
+  losses = np.asarray(progress.partial, np.float32)
+  rows = []
+  for r in range(program.replicas):
+    avg, count, smooth = smooth_losses(losses[r], *progress.ema[r])
+    progress.ema[r] = [avg, count]
+    rows.append({"epoch": ctx.epoch, "train_loss": float(losses[r].mean()),
+                 "train_loss_smooth": smooth,
+                 "valid_loss": float(metrics["mse"][r]),
+                 "valid_rmse": float(metrics["rmse"][r]),
+                 "valid_mae": float(metrics["mae"][r]),
+                 "lr_end": float(lrs[r]), "seconds": seconds})
+    progress.histories[r].append(rows[-1])
+    progress.partial[r] = []
+  ctx.stopping = ctx.stopping or bool(should_stop and should_stop())
+  for hook in hooks:
+    hook.after_report(ctx, rows, losses)

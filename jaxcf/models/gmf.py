@@ -1,0 +1,69 @@
+"""`gmf`: generalized matrix factorisation (He et al. 2017, the GMF half of
+NCF) with biases — the worked example of adding a model family.
+
+    y = sigmoid_range(h . (u * i) + c + b_u + b_i)
+
+with user and item factors u, i [n_factors], a learnt weighting h
+[n_factors] and bias c (one Linear unit on the element-wise product), and
+user/item biases. With h = 1 and c = 0 it is `dot_bias`. The score before
+`sigmoid_range` is linear in the user's rows (u, b_u), so new users are
+folded in by ridge regression in closed form: `_design` says how.
+
+This file is all it took: the module, and one `register` call declaring
+what the rest of jaxcf asks about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcf.models import registry
+from jaxcf.models.dot import SETTINGS, _resize, _table
+from jaxcf.models.layers import YRange, embed, linear, squash
+
+
+class GMF(nn.Module):
+  """sigmoid_range(Linear(u * i) + b_u + b_i): [batch] -> [batch]."""
+  n_users: int
+  n_items: int
+  n_factors: int = 50
+  y_range: YRange = (0.0, 5.5)
+
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, users, items, train: bool = False, times=None):
+    u = embed(self, self.n_users, self.n_factors, "user_factors")(users)
+    i = embed(self, self.n_items, self.n_factors, "item_factors")(items)
+    bu = embed(self, self.n_users, 1, "user_bias")(users)[..., 0]
+    bi = embed(self, self.n_items, 1, "item_bias")(items)[..., 0]
+    score = linear(self, 1)(u * i)[..., 0]
+    return squash(self, score.astype(jnp.float32) + bu.astype(jnp.float32)
+                  + bi.astype(jnp.float32))
+
+
+def _design(params, items):
+  """X = [h * item factors, 1] [n, f + 1], offset c + b_i."""
+  dense = params["Linear_0"]["dense"]
+  h = np.asarray(dense["kernel"], np.float64)[:, 0]
+  c = float(np.asarray(dense["bias"], np.float64)[0])
+  q = _table(params, "item_factors")[items] * h
+  return (np.concatenate([q, np.ones((len(items), 1))], axis=1),
+          c + _table(params, "item_bias")[items, 0])
+
+
+registry.register(registry.Family(
+    name="gmf", module=GMF,
+    create=lambda spec, n_users, n_items, side: GMF(
+        n_users, n_items, n_factors=spec.n_factors, y_range=spec.y_range,
+        **registry.dtypes(spec)),
+    settings=SETTINGS,  # n_factors, y_range and the dtypes, as dot_bias
+    tables={"user_factors": "users", "user_bias": "users",
+            "item_factors": "items", "item_bias": "items"},
+    resize=_resize,  # row-wise optimisers: tables of one row per position
+    fold_in="ridge", design=_design, user_rows=("user_factors", "user_bias")))
