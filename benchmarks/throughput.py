@@ -101,7 +101,7 @@ def _timed_epochs(run_epoch, samples_per_epoch: int) -> dict:
 def worker_jaxcf(kind: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxcf import data, optim, sparse, sweep, training  # pylint: disable=g-import-not-at-top
+  from jaxcf import data, optim, sweep, training  # pylint: disable=g-import-not-at-top
   table, train, valid = _split_rows()
   d = data.prepare(table, train, valid, item_key="title")
   n, bs = d.train.size, FLAGS.bs
@@ -111,7 +111,8 @@ def worker_jaxcf(kind: str) -> dict:
   model = replicas[0].create_model(d)
   tx = optim.one_cycle_adamw(5e-3, 0.1, steps * 1000)
   if kind == "lazy":
-    tx = sparse.SparseOptimizer("lazy_adamw", steps * 1000)
+    tx = training.make_optimizer(model, training.TrainConfig(
+        optimizer="lazy_adamw"), steps * 1000)
   state = sweep.init_replicas(model, tx, replicas)
   key = jax.random.key(0)
   counter = iter(range(10**9))

@@ -133,7 +133,7 @@ class Artifact:
       meta = _upgrade(meta)
     users = Vocab.from_classes(_ids(meta["users"]))
     items = Vocab.from_classes(_ids(meta["items"]))
-    specs = [models.Spec.from_json(s) for s in meta["members"]]
+    specs = [models.Spec.from_json(s).normalised() for s in meta["members"]]
     shell = cls([Member(s, None, {}) for s in specs], users, items,
                 meta["item_key"], None, {}, None, None, meta["info"],
                 _side(meta.get("side")), meta.get("side_vocab"))

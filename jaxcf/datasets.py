@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from jaxcf import data, io, movielens
+from jaxcf import data, io, items, movielens
 from jaxcf.errors import UserError
 
 
@@ -51,9 +51,9 @@ def read_table(source: Source):
   table = io.read_ratings(source.ratings_file, columns=source.columns,
                           sep=source.sep)
   if source.items_file:
-    titles = io.read_titles(source.items_file, columns=source.item_columns,
+    titles = items.read_titles(source.items_file, columns=source.item_columns,
                             sep=source.item_sep)
-    table = io.attach_titles(table, titles, source.items_file)
+    table = items.attach_titles(table, titles, source.items_file)
   return table, source.ratings_file, None
 
 

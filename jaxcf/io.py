@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from jaxcf import fastread
 from jaxcf.errors import UserError
 
 Column = str | int  # a header name, or a 0-based position
@@ -309,10 +310,11 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
 
 def _read_numeric(path: str, cols: Mapping[str, Column], *, sep, header,
                   encoding, chunk_rows: int) -> pd.DataFrame | None:
-  """The fast path of `read_ratings`, or None when the file needs the checked
-  one (string ids, a malformed or non-finite field, a multi-character
-  separator, ...): that path then reports or reads it. `encoding` is
-  already decided."""
+  """The fast path of `read_ratings` (`jaxcf.fastread`), or None when the
+  file needs the checked one (string ids, a malformed or non-finite field,
+  a multi-character separator, ...): that path then reports or reads it.
+  `encoding` is already decided; here the separator, the header and named
+  columns' positions are."""
   first = _first_line(path, encoding)
   sep = sep or sniff_separator(first)
   if len(sep) != 1:
@@ -328,136 +330,5 @@ def _read_numeric(path: str, cols: Mapping[str, Column], *, sep, header,
       return None
     cols = {k: fields.index(c) if isinstance(c, str) else c
             for k, c in cols.items()}
-  if not _plain_numbers(path, sep, header,
-                        [cols["user"], cols["item"]]):
-    return None
-  kinds = {"user": np.int64, "item": np.int64, "rating": np.float64,
-           "timestamp": np.float64}
-  by_position = {c: k for k, c in cols.items()}
-  parts = {k: [] for k in cols}
-  try:
-    reader = pd.read_csv(
-        # No usecols: with it the parser would let a line with extra
-        # fields pass; without it such a line stops the read.
-        path, sep=sep, header=None, skiprows=1 if header else 0,
-        encoding=encoding, engine="c",
-        dtype={c: kinds[k] for c, k in by_position.items()},
-        na_filter=False, skip_blank_lines=True, chunksize=chunk_rows)
-    with reader:
-      for chunk in reader:
-        for c, k in by_position.items():
-          parts[k].append(chunk[c].to_numpy())
-  except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError,
-          IndexError):
-    return None
-  arrays = {k: np.concatenate(v) if v else np.zeros(0, kinds[k])
-            for k, v in parts.items()}
-  if not (np.isfinite(arrays["rating"]).all()
-          and np.isfinite(arrays.get("timestamp", 0.0)).all()):
-    return None
-  out = pd.DataFrame({"user": arrays["user"], "item": arrays["item"],
-                      "rating": arrays["rating"].astype(np.float32)})
-  if "timestamp" in arrays:
-    out["timestamp"] = arrays["timestamp"].astype(np.int64)
-  return out
-
-
-_BLOCK = 1 << 24  # bytes read at a time by _plain_numbers
-_INTEGER_BYTES = np.zeros(256, bool)
-_INTEGER_BYTES[list(b"0123456789+- \r")] = True
-_NUMBER_BYTES = _INTEGER_BYTES.copy()
-_NUMBER_BYTES[ord(".")] = True
-
-
-def _plain_numbers(path: str, sep: str, header: bool,
-                   id_columns: Sequence[int]) -> bool:
-  """Whether every field after the header is a plain number: digits, signs,
-  spaces, and a decimal point outside the id columns.
-
-  pandas' C parser would read 'TRUE' as 1 and '1.0' or '1e3' as integer
-  ids; the checked path reads them differently (or refuses them), so the
-  fast path takes only files this check passes (letters, quotes or
-  exponents send a file to the checked path). One pass over the bytes in
-  16 MiB blocks cut at line ends, vectorised.
-  """
-  if not sep.isascii():
-    return False
-  with open(path, "rb") as f:
-    if header:
-      f.readline()
-    rest = b""
-    while True:
-      block = f.read(_BLOCK)
-      if block:
-        cut = block.rfind(b"\n") + 1
-        if cut == 0:  # no line ends here yet
-          rest += block
-          continue
-        data, rest = rest + block[:cut], block[cut:]
-      else:
-        data, rest = rest, b""
-      if data and not _plain_lines(np.frombuffer(data, np.uint8), ord(sep),
-                                   id_columns):
-        return False
-      if not block:
-        return True
-
-
-def _plain_lines(b: np.ndarray, sep: int, id_columns: Sequence[int]) -> bool:
-  """`_plain_numbers` for whole lines of bytes b (uint8)."""
-  is_sep, is_end = b == sep, b == ord("\n")
-  if not (_NUMBER_BYTES[b] | is_sep | is_end).all():
-    return False
-  dots = np.flatnonzero(b == ord("."))
-  if not dots.size:
-    return True
-  # The field of each '.': the separators since its line's start.
-  seps = np.cumsum(is_sep)
-  ends = np.flatnonzero(is_end)
-  line = np.searchsorted(ends, dots) - 1
-  before = np.where(line >= 0, seps[ends[np.maximum(line, 0)]], 0)
-  return not np.isin(seps[dots] - before, id_columns).any()
-
-
-def read_titles(path: str, *, columns: Sequence[Column] = (0, 1),
-                sep: str | None = None, header: bool | None = None,
-                encoding: str | None = None) -> pd.DataFrame:
-  """Reads an items file mapping item id -> title (e.g. u.item, movies.csv).
-
-  Returns:
-    A DataFrame with columns item (int64 or str, unique) and title (str,
-    verbatim: u.item has titles with a trailing space, which fastai keeps).
-  """
-  what = "items file"
-  if len(columns) != 2:
-    raise UserError(f"--item_columns names {len(columns)} columns; give 2 "
-                    "(item id, title)")
-  raw, line = read_columns(path, dict(zip(("item", "title"), columns)),
-                           sep=sep, header=header, encoding=encoding,
-                           what=what)
-  out = pd.DataFrame({"item": parse_ids(raw["item"].to_numpy()),
-                      "title": raw["title"].astype(str).to_numpy()})
-  dup = out["item"].duplicated().to_numpy()
-  if dup.any():
-    i = int(np.argmax(dup))
-    raise UserError(f"{what} {path}, line {line[i]}: item id "
-                    f"{show(out['item'].iloc[i])} appears twice; each item needs "
-                    "one title")
-  return out
-
-
-def attach_titles(ratings: pd.DataFrame, titles: pd.DataFrame,
-                  titles_path: str) -> pd.DataFrame:
-  """Adds a title column; every rated item must have a title."""
-  if ratings["item"].dtype != titles["item"].dtype:
-    ratings = ratings.assign(item=ratings["item"].astype(str))
-    titles = titles.assign(item=titles["item"].astype(str))
-  mapping = pd.Series(titles["title"].to_numpy(), index=titles["item"])
-  title = ratings["item"].map(mapping)
-  missing = title.isna().to_numpy()
-  if missing.any():
-    ids = pd.unique(ratings["item"][missing])
-    raise UserError(f"items file {titles_path}: no title for {len(ids)} rated "
-                    f"item id(s), e.g. {show(ids[0])}; add them or drop "
-                    "--items_file to key items by id")
-  return ratings.assign(title=title.to_numpy(dtype=object))
+  return fastread.read_numbers(path, cols, sep=sep, header=header,
+                               encoding=encoding, chunk_rows=chunk_rows)

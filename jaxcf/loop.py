@@ -12,8 +12,10 @@ checkpoints, the divergence guard, TensorBoard).
 Rows (one per replica and evaluation): epoch (the last finished epoch),
 train_loss (mean over the steps since the last evaluation),
 train_loss_smooth (fastai's debiased moving average over all steps),
-valid_loss (MSE), valid_rmse, valid_mae, lr_end (the last step's learning
-rate) and seconds (wall time since the last evaluation, itself included).
+valid_loss (MSE) and valid_<name> for every other metric the program's
+evaluation returns (`steps.error_metrics`: rmse, mae), lr_end (the last
+step's learning rate) and seconds (wall time since the last evaluation,
+itself included).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Program:
     train: (state, inputs) -> (state, losses float32 [count], or
       [replicas, count] for stacked replicas); may return before the
       device is done.
-    evaluate: state -> {'mse', 'rmse', 'mae'}, scalars or [replicas].
+    evaluate: state -> {metric name: value}, scalars or [replicas]; 'mse'
+      is the row's valid_loss.
     lr: state -> the last step's learning rate, a scalar or [replicas].
     replicas: how many models the state holds (stacked on a leading axis
       when more than one).
@@ -205,6 +208,12 @@ def run(program: Program, state, hooks: Sequence[Hook] = (), *,
   return Outcome(ctx.state, progress, train_seconds, steps_run, stopped)
 
 
+def _valid_name(metric: str) -> str:
+  """A metric's name in a row: mse is the valid_loss, the others
+  valid_<name>."""
+  return "valid_loss" if metric == "mse" else f"valid_{metric}"
+
+
 def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
             period_start: float, should_stop) -> None:
   """Evaluates, appends a row per replica, polls should_stop again, and
@@ -221,9 +230,7 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
     progress.ema[r] = [avg, count]
     rows.append({"epoch": ctx.epoch, "train_loss": float(losses[r].mean()),
                  "train_loss_smooth": smooth,
-                 "valid_loss": float(metrics["mse"][r]),
-                 "valid_rmse": float(metrics["rmse"][r]),
-                 "valid_mae": float(metrics["mae"][r]),
+                 **{_valid_name(k): float(v[r]) for k, v in metrics.items()},
                  "lr_end": float(lrs[r]), "seconds": seconds})
     progress.histories[r].append(rows[-1])
     progress.partial[r] = []

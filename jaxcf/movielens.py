@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from jaxcf import io
+from jaxcf import io, items
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
 
@@ -197,9 +197,9 @@ def load(folder: Path) -> pd.DataFrame:
   """
   ratings = io.read_ratings(str(folder / "u.data"), columns=[0, 1, 2, 3],
                             sep="\t", header=False)
-  titles = io.read_titles(str(folder / "u.item"), columns=(0, 1), sep="|",
-                          header=False, encoding="latin-1")
-  return io.attach_titles(ratings, titles, str(folder / "u.item"))
+  titles = items.read_titles(str(folder / "u.item"), columns=(0, 1),
+                             sep="|", header=False, encoding="latin-1")
+  return items.attach_titles(ratings, titles, str(folder / "u.item"))
 
 
 def split_file(folder: Path, split: str) -> Path:

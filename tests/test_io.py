@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from jaxcf import io
+from jaxcf import fastread, io, items
 from jaxcf.errors import UserError
 
 
@@ -54,7 +54,7 @@ def test_double_colon_separator(tmp_path):
 def test_titles_latin1_and_verbatim(tmp_path):
   path = write(tmp_path, "1|Café (1995)|x\n2|Heidi (1995) |y\n",
                name="u.item", encoding="latin-1")
-  titles = io.read_titles(path, sep="|", header=False)
+  titles = items.read_titles(path, sep="|", header=False)
   # The trailing space is kept: fastai keeps it, and titles are keys.
   assert titles["title"].tolist() == ["Café (1995)", "Heidi (1995) "]
 
@@ -62,7 +62,7 @@ def test_titles_latin1_and_verbatim(tmp_path):
 def test_titles_with_quoted_commas(tmp_path):
   path = write(tmp_path, 'movieId,title,genres\n1,"American President, The '
                '(1995)",Comedy\n2,Heat (1995),Action\n')
-  titles = io.read_titles(path, columns=["movieId", "title"])
+  titles = items.read_titles(path, columns=["movieId", "title"])
   assert titles["title"].tolist() == ["American President, The (1995)",
                                       "Heat (1995)"]
 
@@ -104,12 +104,12 @@ def test_missing_and_folder(tmp_path):
 def test_titles_file_errors(tmp_path):
   dup = write(tmp_path, "1|A\n1|B\n", name="dup.item")
   with pytest.raises(UserError, match="line 2: item id 1 appears twice"):
-    io.read_titles(dup, sep="|")
+    items.read_titles(dup, sep="|")
   ratings = io.read_ratings(write(tmp_path, "1\t1\t4\n1\t9\t3\n"))
-  titles = io.read_titles(write(tmp_path, "1|A\n2|B\n", name="t.item"),
+  titles = items.read_titles(write(tmp_path, "1|A\n2|B\n", name="t.item"),
                           sep="|")
   with pytest.raises(UserError, match="no title for 1 rated item id"):
-    io.attach_titles(ratings, titles, "t.item")
+    items.attach_titles(ratings, titles, "t.item")
 
 
 def test_parse_columns_flag():
@@ -244,9 +244,17 @@ def test_a_boolean_rating_is_refused(tmp_path):
 
 @pytest.mark.parametrize("block", [3, 8, 1000])
 def test_lines_across_blocks_are_checked_whole(tmp_path, monkeypatch, block):
-  monkeypatch.setattr(io, "_BLOCK", block)
+  monkeypatch.setattr(fastread, "_BLOCK", block)
   path = tmp_path / "r.csv"
   path.write_text("1,2,3.5\n" * 50 + "1.5,2,3\n")
-  assert not io._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
+  assert not fastread._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
   path.write_text("1,2,3.5\n" * 50 + "7,2,3")  # no final line end
-  assert io._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
+  assert fastread._plain_numbers(str(path), ",", False, [0, 1])  # pylint: disable=protected-access
+
+
+def test_a_last_line_without_its_line_end_is_read(tmp_path):
+  """The fast path's byte check once indexed past the last line end."""
+  path = tmp_path / "r.csv"
+  path.write_text("userId,movieId,rating\n1,2,3.5\n2,3,4.5")  # no final \n
+  table = io.read_ratings(str(path))
+  assert list(table["rating"]) == [3.5, 4.5] and list(table["user"]) == [1, 2]

@@ -1,5 +1,8 @@
 """Faults: a killed run resumes to exactly the uninterrupted numbers; signals
-stop cleanly; divergence stops with a message; settings must match."""
+stop cleanly; divergence stops with a message; settings must match.
+
+Kills and signals need a real process (train.py); the uninterrupted
+references and everything else run in-process."""
 
 import json
 import os
@@ -11,10 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, write_movielens
+from tests.conftest import REPO, train_cli, write_movielens
 
-FLAGS = ["--epochs=40", "--bs=4", "--lr=1e-2", "--model=embedding_nn",
-         "--layers=8"]
+FLAGS = ["--bs=4", "--lr=1e-2", "--model=embedding_nn", "--layers=8"]
+EPOCHS = 12
+STEPS = 124  # 498 training rows // bs 4
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +26,13 @@ def folder(tmp_path_factory):
   return write_movielens(tmp_path_factory.mktemp("ml") / "ml-100k")
 
 
-def command(folder, workdir, *extra):
-  return [sys.executable, str(REPO / "train.py"), f"--data_dir={folder}",
-          f"--workdir={workdir}", *FLAGS, *extra]
+def args(folder, workdir, *extra, epochs=EPOCHS):
+  return [f"--data_dir={folder}", f"--workdir={workdir}", *FLAGS,
+          f"--epochs={epochs}", *extra]
+
+
+def command(*a, **k):
+  return [sys.executable, str(REPO / "train.py"), *args(*a, **k)]
 
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -40,12 +48,17 @@ def rows(workdir):
   return out
 
 
-def wait_for_checkpoint(workdir, epoch, proc, timeout=120):
+def checkpoints(workdir) -> list[int]:
+  folder = workdir / "checkpoints"
+  return sorted(int(p.name) for p in folder.glob("*")
+                if p.name.isdigit()) if folder.exists() else []
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=120):
+  """Until a checkpoint at or after global step `step` exists."""
   deadline = time.time() + timeout
   while time.time() < deadline:
-    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*")
-             if p.name.isdigit()] if (workdir / "checkpoints").exists() else []
-    if steps and max(steps) >= epoch:
+    if checkpoints(workdir) and checkpoints(workdir)[-1] >= step:
       return
     if proc.poll() is not None:
       raise AssertionError(f"the run ended first: {proc.stderr.read()}")
@@ -56,20 +69,19 @@ def wait_for_checkpoint(workdir, epoch, proc, timeout=120):
 @pytest.fixture(scope="module")
 def uninterrupted(folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("whole")
-  subprocess.run(command(folder, workdir), check=True, capture_output=True,
-                 env=ENV)
+  assert train_cli(*args(folder, workdir)) == 0
   return rows(workdir)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_then_resume_gives_identical_metrics(folder, tmp_path,
                                                      uninterrupted, seed):
-  kill_after = np.random.default_rng(seed).integers(2, 20)
+  rng = np.random.default_rng(seed)
   proc = subprocess.Popen(command(folder, tmp_path), env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
-  wait_for_checkpoint(tmp_path, kill_after, proc)
-  time.sleep(np.random.default_rng(seed).uniform(0, 0.05))
+  wait_for_checkpoint(tmp_path, STEPS * rng.integers(1, 4), proc)
+  time.sleep(rng.uniform(0, 0.05))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
@@ -80,65 +92,83 @@ def test_sigkill_then_resume_gives_identical_metrics(folder, tmp_path,
   assert rows(tmp_path) == uninterrupted  # bit-identical floats
 
 
-def test_sigint_checkpoints_and_exits_cleanly(folder, tmp_path,
-                                              uninterrupted):
+def test_sigint_checkpoints_and_exits_cleanly(folder, tmp_path, uninterrupted,
+                                              capsys):
   proc = subprocess.Popen(command(folder, tmp_path), env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
-  wait_for_checkpoint(tmp_path, 3, proc)
+  wait_for_checkpoint(tmp_path, STEPS, proc)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 128 + signal.SIGINT
   assert "Traceback" not in err
   assert "stopped by SIGINT" in err
   assert "rerun the same command to continue" in err
-  done = subprocess.run(command(folder, tmp_path), capture_output=True,
-                        text=True, env=ENV)
-  assert done.returncode == 0, done.stderr
+  stopped_at = checkpoints(tmp_path)[-1]
+  assert stopped_at % STEPS == 0 and stopped_at < EPOCHS * STEPS
+  assert train_cli(*args(folder, tmp_path)) == 0  # resumed in-process
+  assert f"resuming at epoch {stopped_at // STEPS}" in capsys.readouterr().out
   assert rows(tmp_path) == uninterrupted
-
-
-def test_divergence_stops_with_a_message(folder, tmp_path):
-  args = [a for a in command(folder, tmp_path) if a != "--layers=8"]
-  proc = subprocess.run(args + ["--model=dot", "--lr=1e12", "--y_range=none",
-                                "--wd=0"],
-                        capture_output=True, text=True, env=ENV)
-  assert proc.returncode == 2, proc.stdout
-  assert "Traceback" not in proc.stderr
-  assert "training diverged in epoch" in proc.stderr
-  assert "lower --lr" in proc.stderr
-  assert not (tmp_path / "model").exists()  # nothing NaN saved as a model
-
-
-def test_changed_settings_are_refused_or_restarted(folder, tmp_path):
-  short = [a for a in command(folder, tmp_path) if not a.startswith(
-      "--epochs")] + ["--epochs=2"]
-  subprocess.run(short, check=True, capture_output=True, env=ENV)
-  other = subprocess.run(short + ["--wd=0.3"], capture_output=True, text=True,
-                         env=ENV)
-  assert other.returncode == 2
-  assert "other settings (wd differ)" in other.stderr
-  fresh = subprocess.run(short + ["--wd=0.3", "--restart"],
-                         capture_output=True, text=True, env=ENV)
-  assert fresh.returncode == 0, fresh.stderr
-  assert "resuming" not in fresh.stdout
 
 
 def test_mid_epoch_checkpoints_resume_exactly(folder, tmp_path,
-                                              uninterrupted):
+                                              tmp_path_factory, capsys):
   """With --checkpoint_steps, a kill inside an epoch loses at most that many
   steps, and the resumed run still ends bit-identical."""
-  args = command(folder, tmp_path, "--checkpoint_steps=10")
-  proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL,
+  whole = tmp_path_factory.mktemp("whole_short")
+  assert train_cli(*args(folder, whole, epochs=4)) == 0
+  cmd = command(folder, tmp_path, "--checkpoint_steps=10", epochs=4)
+  proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  steps = 124  # 498 training rows // bs 4
-  wait_for_checkpoint(tmp_path, 3 * steps + 20, proc)
+  wait_for_checkpoint(tmp_path, STEPS + 20, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  latest = max(int(p.name) for p in (tmp_path / "checkpoints").glob("*")
-               if p.name.isdigit())
-  done = subprocess.run(args, capture_output=True, text=True, env=ENV)
-  assert done.returncode == 0, done.stderr
-  if latest % steps:
-    assert f"step {latest % steps} of {steps}" in done.stdout
-  assert rows(tmp_path) == uninterrupted
+  latest = checkpoints(tmp_path)[-1]
+  capsys.readouterr()
+  assert train_cli(*args(folder, tmp_path, "--checkpoint_steps=10",
+                         epochs=4)) == 0
+  if latest % STEPS:
+    assert f"step {latest % STEPS} of {STEPS}" in capsys.readouterr().out
+  assert rows(tmp_path) == rows(whole)
+
+
+def test_divergence_stops_with_a_message(folder, tmp_path, capsys):
+  code = train_cli(f"--data_dir={folder}", f"--workdir={tmp_path}",
+                   "--epochs=2", "--bs=4", "--model=dot", "--lr=1e12",
+                   "--y_range=none", "--wd=0")
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert "training diverged in epoch" in err
+  assert "lower --lr" in err
+  assert not (tmp_path / "model").exists()  # nothing NaN saved as a model
+
+
+def test_changed_settings_are_refused_or_restarted(folder, tmp_path, capsys):
+  short = args(folder, tmp_path, epochs=2)
+  assert train_cli(*short) == 0
+  before = (tmp_path / "metrics.jsonl").read_text()
+  capsys.readouterr()
+  assert train_cli(*short, "--wd=0.3") == 2
+  assert "other settings (wd differ)" in capsys.readouterr().err
+  assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
+  assert train_cli(*short, "--wd=0.3", "--restart") == 0
+  assert "resuming" not in capsys.readouterr().out
+
+
+def test_edited_data_is_another_run(folder, tmp_path, capsys):
+  """The fingerprint holds the data's content: editing a rating and
+  rerunning the command is refused instead of resuming stale factors."""
+  data = tmp_path / "ml-100k"
+  write_movielens(data)
+  short = [f"--data_dir={data}", f"--workdir={tmp_path / 'w'}", *FLAGS,
+           "--epochs=1"]
+  assert train_cli(*short) == 0
+  lines = (data / "u.data").read_text().splitlines()
+  k = next(k for k, l in enumerate(lines) if l.split("\t")[2] != "3")
+  user, item, rating, stamp = lines[k].split("\t")
+  lines[k] = "\t".join([user, item, str(6 - int(rating)), stamp])
+  (data / "u.data").write_text("\n".join(lines) + "\n")
+  capsys.readouterr()
+  assert train_cli(*short) == 2
+  assert "data_hash differ" in capsys.readouterr().err

@@ -313,3 +313,28 @@ def test_bfloat16_model_trains_saves_loads_and_exports(tiny, tmp_path):
   np.testing.assert_array_equal(
       table, np.asarray(model.state.params["user_factors"]["embedding"],
                         np.float32))
+
+
+def test_models_saved_in_the_first_format_still_load(tiny, tmp_path):
+  """jaxcf-model-1 (one model, its spec at the top level) reads as a
+  one-member model."""
+  from jaxcf import checkpoint
+  model, _, _ = tiny
+  plain = lambda a: [v.item() if hasattr(v, "item") else v for v in a]
+  triples = lambda r: {"users": r.users, "items": r.items,
+                       "ratings": r.ratings}
+  spec = {"model": "dot_bias", "n_factors": 4, "y_range": [0.0, 5.5],
+          "layers": None, "param_dtype": "float32",
+          "compute_dtype": "float32"}
+  checkpoint.save(str(tmp_path / "old"), {
+      "params": model.state.params, "model_state": model.state.model_state,
+      "train": triples(model.train), "valid": triples(model.valid)}, {
+          "format": "jaxcf-model-1", "spec": spec, "item_key": "title",
+          "users": plain(model.users.classes),
+          "items": plain(model.items.classes),
+          "titles": plain(model.titles), "item_ids": [[], []],
+          "side_vocab": None, "info": {}})
+  old = trained.load(str(tmp_path / "old"))
+  assert old.specs[0].n_factors == 4 and len(old.specs) == 1
+  user = model.users.decode([2])[0]
+  assert old.recommend(user).equals(model.recommend(user))
