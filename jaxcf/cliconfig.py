@@ -71,7 +71,7 @@ def _parse_list(name: str, text: str) -> tuple:
 
 def _format(name: str, value) -> str | None:
   """A field's value as its flag's text (the flag's default)."""
-  if name not in ITEM_PARSERS:
+  if name not in ITEM_PARSERS or value is None:
     return value
   sep = LIST_SEPARATORS.get(name, ",")
   show = lambda v: ("" if v is None and name == "layers" else
@@ -86,6 +86,8 @@ def _help(name: str, f: dataclasses.Field) -> str:
             "shape); autorec trains alone, full-batch: --epochs default "
             f"{fullbatch.DEFAULTS['epochs']}, --lr {fullbatch.DEFAULTS['lr']},"
             f" --wd is its L2 weight, default {fullbatch.DEFAULTS['wd']:g}.")
+  if name in ("epochs", "lr", "wd", "item_name"):
+    return f.metadata["doc"]
   if name == "optimizer":
     return (f"{' | '.join(optim.DENSE)} (dense, under the one cycle; adamw "
             f"is fastai's), or {' | '.join(sparse.KINDS)}: update only the "
@@ -101,14 +103,14 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=flag_values)
   for name, (_, f) in config_lib.fields().items():
     default = _format(name, f.default)
-    kind = type(f.default)
-    if name in ITEM_PARSERS or default is None or kind is str:
+    kind = f.type.split("|")[0].strip()  # the annotation, e.g. 'int | None'
+    if name in ITEM_PARSERS or kind == "str":
       flags.DEFINE_string(name, default, _help(name, f),
                           flag_values=flag_values)
-    elif kind is bool:
+    elif kind == "bool":
       flags.DEFINE_bool(name, default, _help(name, f),
                         flag_values=flag_values)
-    elif kind is int:
+    elif kind == "int":
       flags.DEFINE_integer(name, default, _help(name, f),
                            flag_values=flag_values)
     else:
@@ -118,17 +120,13 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def _value(name: str, f: dataclasses.Field, raw):
   """The field value of a flag's raw value."""
-  if name in ITEM_PARSERS:
-    return _parse_list(name, raw)
+  del f
   if raw is None:
     return None
+  if name in ITEM_PARSERS:
+    return _parse_list(name, raw)
   if name in PATHS:
     return os.path.expanduser(os.path.expandvars(raw))
-  if name == "split_seed":
-    try:
-      return int(raw)
-    except ValueError:
-      raise UserError(f"--split_seed={raw} must be an integer") from None
   return raw
 
 
@@ -148,7 +146,13 @@ def load_file(path: str) -> config_lib.RunConfig:
                     f"{e}") from None
   if not hasattr(module, "get_config"):
     raise UserError(f"--config={path} defines no get_config()")
-  result = module.get_config()
+  try:
+    result = module.get_config()
+  except UserError as e:
+    raise UserError(f"--config={path}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"--config={path}: get_config() failed: "
+                    f"{type(e).__name__}: {e}") from None
   if not isinstance(result, config_lib.RunConfig):
     raise UserError(f"--config={path}: get_config() must return a "
                     "jaxcf.config.RunConfig")
@@ -162,28 +166,17 @@ def build(flag_values: flags.FlagValues = flags.FLAGS
   base = load_file(fv.config) if fv.config else None
   given = {name for name in config_lib.fields() if fv[name].present}
   names = given if base else set(config_lib.fields())
-  values = {}
-  model_text = fv.model if "model" in names else None
-  families = ([models.get(m) for m in _parse_list("model", model_text)]
-              if model_text else
-              (base.model.families if base else [models.get("dot_bias")]))
-  full_batch = all(f.trainer == "full_batch" for f in families)
-  for name, (_, f) in config_lib.fields().items():
-    if name not in names:
-      continue
-    if (full_batch and not base and name not in given
-        and name in fullbatch.DEFAULTS):
-      values[name] = (fullbatch.DEFAULTS[name]
-                      if name == "epochs" else (fullbatch.DEFAULTS[name],))
-      continue
-    values[name] = _value(name, f, fv[name].value)
-  _refuse_inapplicable(given, families, full_batch)
-  return config_lib.replace(base or config_lib.RunConfig(), **values)
+  values = {name: _value(name, f, fv[name].value)
+            for name, (_, f) in config_lib.fields().items() if name in names}
+  config = config_lib.replace(base or config_lib.RunConfig(), **values)
+  _refuse_inapplicable(given, config.model.families)
+  return config
 
 
-def _refuse_inapplicable(given: set[str], families, full_batch: bool) -> None:
+def _refuse_inapplicable(given: set[str], families) -> None:
   """A flag given on the command line that no model of the run reads."""
   names = ",".join(f.name for f in families)
+  full_batch = all(f.trainer == "full_batch" for f in families)
   for name in sorted(given):
     if name in models.registry.CHECKS and not any(
         name in f.settings for f in families):

@@ -44,6 +44,21 @@ def _text(value) -> str:
   return str(value)
 
 
+def _tuple(value):
+  return None if value is None else tuple(value)
+
+
+def _as_tuple(section, name: str) -> None:
+  """A list field given one bare value (lr=1e-3, model='dot') or a list:
+  stored as a tuple."""
+  value = getattr(section, name)
+  if isinstance(value, (str, int, float)):
+    value = (value,)
+  elif isinstance(value, list):
+    value = tuple(value)
+  object.__setattr__(section, name, value)
+
+
 def _finite(*values) -> bool:
   return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
@@ -65,8 +80,10 @@ class Data:
   sep: str | None = field(None, "Ratings file separator (default: guessed).")
   items_file: str | None = field(None, "Items file with titles.")
   item_columns: str = field("0,1", "Items file columns ID,TITLE.")
-  item_name: str = field("title", "title (the book: 1664 titles) or movie "
-                         "(1682 ids).")
+  item_name: str | None = field(None, "title (the book: 1664 titles) or "
+                                "movie (1682 ids); default: title where "
+                                "there are titles (MovieLens, or "
+                                "--items_file), else the ids.")
   split: str = field("random", "random, or an official MovieLens split: "
                      "u1..u5, ua, ub.")
   valid_pct: float = field(0.2, "Validation share of --split=random.")
@@ -96,7 +113,7 @@ class Data:
            f"(unknown MovieLens split {self.split!r})")
     _check(self.duplicates in data_lib.DUPLICATES, "duplicates",
            self.duplicates, f"one of {', '.join(data_lib.DUPLICATES)}")
-    _check(self.item_name in ("title", "movie", "item"), "item_name",
+    _check(self.item_name in (None, "title", "movie", "item"), "item_name",
            self.item_name, "'title' or 'movie'")
     _check(self.split_seed is None or 0 <= self.split_seed < 2**32,
            "split_seed", self.split_seed, "an integer in [0, 2^32)")
@@ -135,6 +152,20 @@ class Model:
                              "the loss stay float32).")
 
   def __post_init__(self):
+    for name in ("model", "n_factors", "id_dropout", "input_dropout"):
+      _as_tuple(self, name)
+    # One layer spec (100, 50) or y_range (0, 5.5) given bare: a list of one.
+    if self.layers is None or all(isinstance(w, int) for w in self.layers):
+      object.__setattr__(self, "layers", (_tuple(self.layers),))
+    else:
+      object.__setattr__(self, "layers", tuple(_tuple(v) for v in
+                                               self.layers))
+    if self.y_range is None or all(isinstance(v, (int, float))
+                                   for v in self.y_range):
+      object.__setattr__(self, "y_range", (_tuple(self.y_range),))
+    else:
+      object.__setattr__(self, "y_range", tuple(_tuple(v) for v in
+                                                self.y_range))
     for name in ("model", "n_factors", "layers", "y_range", "id_dropout",
                  "input_dropout"):
       _check(len(getattr(self, name)) > 0, name, "", "given")
@@ -154,11 +185,15 @@ class Model:
 @dataclasses.dataclass(frozen=True)
 class Train:
   """How every replica trains: fastai's fit_one_cycle and a batch size."""
-  epochs: int = field(5, "Epochs of the one-cycle run.")
-  lr: tuple[float, ...] = field((5e-3,), "Peak learning rate (fastai's "
-                                "lr_max), or a list.")
-  wd: tuple[float, ...] = field((0.1,), "Decoupled weight decay (fastai's "
-                                "wd; autorec: its L2 weight), or a list.")
+  epochs: int | None = field(None, "Epochs of the one-cycle run (default "
+                             "5; autorec: full-batch epochs, 500).")
+  lr: tuple[float, ...] | None = field(None, "Peak learning rate (fastai's "
+                                       "lr_max; default 5e-3; autorec: "
+                                       "Adam's constant lr, 1e-3), or a "
+                                       "list.")
+  wd: tuple[float, ...] | None = field(None, "Decoupled weight decay "
+                                       "(fastai's wd; default 0.1; autorec: "
+                                       "its L2 weight, 100), or a list.")
   seed: tuple[int, ...] = field((42,), "Seed of initialisation and data "
                                 "order, or a list; the first also seeds the "
                                 "random split.")
@@ -179,8 +214,12 @@ class Train:
 
   def __post_init__(self):
     from jaxcf import steps, training  # pylint: disable=g-import-not-at-top
+    for name in ("lr", "wd", "seed"):
+      _as_tuple(self, name)
     for name in ("epochs", "bs", "eval_bs"):
-      _check(getattr(self, name) >= 1, name, getattr(self, name), "positive")
+      value = getattr(self, name)
+      _check(value is None or (isinstance(value, int) and value >= 1), name,
+             value, "a positive integer")
     for name in ("div", "div_final"):
       value = getattr(self, name)
       _check(_finite(value) and value > 0, name, value, "a positive number")
@@ -193,7 +232,8 @@ class Train:
     _check(self.row_kernel in training.ROW_KERNELS, "row_kernel",
            self.row_kernel, f"one of {', '.join(training.ROW_KERNELS)}")
     for name in ("lr", "wd", "seed"):
-      _check(len(getattr(self, name)) > 0, name, "", "given")
+      _check(getattr(self, name) is None or len(getattr(self, name)) > 0,
+             name, "", "given")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +285,7 @@ class Output:
 
 @dataclasses.dataclass(frozen=True)
 class Hosts:
-  """Devices and processes."""
+  """Devices, processes and the compilation cache."""
   mesh: str | None = field(None, "Train over a device mesh, e.g. "
                            "data:4,model:2: batches split over data, "
                            "user/item tables by rows over model (one run).",
@@ -260,6 +300,10 @@ class Hosts:
                              affects_result=False)
   process_id: int = field(0, "Several processes: this one's index, 0 .. "
                           "num_processes - 1.", affects_result=False)
+  compilation_cache: bool = field(True, "Keep compiled programs in "
+                                  "$JAXCF_CACHE/xla (~/.cache/jaxcf/xla), so "
+                                  "a repeated or resumed run skips most "
+                                  "compilation.", affects_result=False)
 
   def __post_init__(self):
     if self.shard_data and not self.mesh:
@@ -278,11 +322,25 @@ class RunConfig:
   output: Output = Output()
   hosts: Hosts = Hosts()
 
+  def resolved(self) -> "RunConfig":
+    """The config with epochs, lr and wd left None filled in by the models'
+    trainer (`training.DEFAULTS` or `fullbatch.DEFAULTS`)."""
+    from jaxcf import fullbatch, training  # pylint: disable=g-import-not-at-top
+    trainer = self.model.families[0].trainer
+    defaults = (fullbatch.DEFAULTS if trainer == "full_batch"
+                else training.DEFAULTS)
+    values = {}
+    for name, value in defaults.items():
+      if getattr(self.train, name) is None:
+        values[name] = value if name == "epochs" else (value,)
+    return dataclasses.replace(self, train=dataclasses.replace(self.train,
+                                                               **values))
+
   def replicas(self):
     """The cartesian product of the sweep axes, normalised and without
     duplicates (`sweep.grid`)."""
     from jaxcf import sweep  # pylint: disable=g-import-not-at-top
-    m, t = self.model, self.train
+    m, t = self.model, self.resolved().train
     return sweep.grid(model=list(m.model), n_factors=list(m.n_factors),
                       layers=list(m.layers), y_range=list(m.y_range),
                       id_dropout=list(m.id_dropout),
@@ -295,7 +353,7 @@ class RunConfig:
     """The `training.TrainConfig` every replica shares (with `replica`'s
     lr, wd and seed when given)."""
     from jaxcf import training  # pylint: disable=g-import-not-at-top
-    t = self.train
+    t = self.resolved().train
     values = dict(epochs=t.epochs, batch_size=t.bs, pct_start=t.pct_start,
                   div=t.div, div_final=t.div_final, sampling=t.sampling,
                   optimizer=t.optimizer, eval_batch_size=t.eval_bs,
@@ -305,14 +363,16 @@ class RunConfig:
     return training.TrainConfig(**values)
 
   def to_json(self) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    """The resolved config as JSON (what config.json holds)."""
+    return json.loads(json.dumps(dataclasses.asdict(self.resolved())))
 
   def fingerprint(self, data_hash: str | None = None) -> dict:
     """What a resumed run must share with the run it continues: every field
     that changes the result, and the data's content hash."""
     out = {}
+    resolved = self.resolved()
     for section in SECTIONS:
-      values = getattr(self, section)
+      values = getattr(resolved, section)
       for f in dataclasses.fields(values):
         if f.metadata["affects_result"]:
           out[f.name] = json.loads(json.dumps(getattr(values, f.name)))

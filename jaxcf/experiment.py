@@ -23,9 +23,9 @@ import sys
 
 import jax
 
-from jaxcf import (config as config_lib, datasets, distributed, features, io,
-                   models, outputs, plots, ranking, resume, sharding, sweep,
-                   synthetic, tblog, trained, training)
+from jaxcf import (compilecache, config as config_lib, datasets, distributed,
+                   features, io, models, outputs, plots, ranking, resume,
+                   sharding, sweep, synthetic, tblog, trained, training)
 from jaxcf.errors import UserError
 
 
@@ -38,9 +38,10 @@ def load_data(config: config_lib.RunConfig, log=print):
     return synthetic.generate(d.n_users, d.n_items, d.n_ratings,
                               valid_pct=d.valid_pct, seed=seed, log=log)
   item_name = d.item_name
-  if d.ratings_file and not d.items_file and item_name == "title":
-    item_name = "movie"
-    log("items are keyed by id (no --items_file gives titles)")
+  if item_name is None:
+    item_name = "movie" if d.ratings_file and not d.items_file else "title"
+    if item_name == "movie":
+      log("items are keyed by id (no --items_file gives titles)")
   source = datasets.Source(
       ratings_file=d.ratings_file, data_dir=d.data_dir,
       columns=io.parse_columns_flag(d.columns), sep=d.sep,
@@ -68,6 +69,9 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print) -> dict:
     UserError: a mistake in the config or the data, before any work.
     outputs.Stopped: a signal stopped a single run after a checkpoint.
   """
+  config = config.resolved()
+  if config.hosts.compilation_cache:
+    compilecache.enable()
   _join_processes(config)
   replicas = config.replicas()
   single = (len(replicas) == 1 and not config.output.ensemble

@@ -56,7 +56,8 @@ def _l2(params) -> jax.Array:
 
 
 def train_group(replicas: Sequence, data: CollabData, config,
-                run_hooks: Sequence[loop.Hook], log: Callable[[str], None]):
+                run_hooks: Sequence[loop.Hook],
+                log: Callable[[str], None] | None):
   """Trains AutoRec replicas of one layer shape together. Returns (loop
   outcome, validation predictions [R, n_valid], the variables every replica
   shares (the training rating matrix and the clip range), compile
@@ -129,8 +130,9 @@ def train_group(replicas: Sequence, data: CollabData, config,
   run_eval = jax.jit(evaluate).lower(state).compile()
   later = jax.jit(train, donate_argnums=0)  # a shorter last call
   compile_seconds = time.perf_counter() - start
-  log(f"compiled {len(replicas)} replicas of AutoRec in "
-      f"{compile_seconds:.2f}s")
+  if log:
+    log(f"compiled {len(replicas)} replicas of AutoRec in "
+        f"{compile_seconds:.2f}s")
   program = loop.Program(
       steps_per_epoch=1, epochs=config.epochs, chunk=every,
       report_every=every, inputs=inputs,
@@ -138,7 +140,7 @@ def train_group(replicas: Sequence, data: CollabData, config,
       evaluate=run_eval,
       lr=lambda s: s.opt_state.hyperparams["learning_rate"],
       replicas=len(replicas))
-  outcome = loop.run(program, state, run_hooks)
+  outcome = loop.run(program, state, run_hooks, show_progress=log is not None)
   final = outcome.state
   outcome.state = steps.TrainState(
       step=jnp.zeros([len(replicas)], jnp.int32), params=final.params,

@@ -90,13 +90,14 @@ def run(FLAGS: flags.FlagValues) -> None:  # pylint: disable=invalid-name
     print(f"\nwrote {FLAGS.pca_png}")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], flag_values: flags.FlagValues | None = None) -> int:
   """The command with arguments argv (without the program); its exit
-  status."""
-  fv = flags.FlagValues()
+  status. flag_values: where its flags are defined (default: a fresh set,
+  as tests use; the command itself uses absl's global flags)."""
+  fv = flag_values or flags.FlagValues()
   define(fv)
   return cli.main(["jaxcf.inspect", *argv], run, fv)
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main(sys.argv[1:], flags.FLAGS))

@@ -62,6 +62,11 @@ class RunCheckpoints:
       return None
     meta = self.manager.restore(index, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
+    if "step" not in meta:  # the layout before `loop.Progress`
+      raise UserError(
+          f"{self.directory} holds checkpoints an older jaxcf wrote, in "
+          "another layout; they cannot resume. Use another --workdir, or "
+          "--restart to start over")
     if meta.get("fingerprint") != self.fingerprint:
       changed = sorted(k for k in set(self.fingerprint) | set(
           meta.get("fingerprint") or {}) if self.fingerprint.get(k) !=

@@ -32,6 +32,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jaxcf import compilecache
+
 SOURCE = Path(__file__).with_name("rowkernels.cc")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"gather_rows": "JaxcfGatherRows",
@@ -44,8 +46,7 @@ class Unavailable(RuntimeError):
 
 
 def _cache_dir() -> Path:
-  return Path(os.environ.get("JAXCF_CACHE",
-                             Path.home() / ".cache" / "jaxcf"))
+  return compilecache.root()
 
 
 @functools.cache

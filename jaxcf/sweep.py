@@ -130,9 +130,11 @@ class SweepResult:
   samples_per_second: float  # all replicas together
 
   def ranking(self) -> list[int]:
-    """Replica indices from the lowest final validation loss up."""
+    """Replica indices from the lowest final validation loss up (a replica
+    that diverged, its loss NaN, last)."""
+    loss = lambda i: self.results[i].valid_loss
     return sorted(range(len(self.results)),
-                  key=lambda i: self.results[i].valid_loss)
+                  key=lambda i: (not math.isfinite(loss(i)), loss(i)))
 
 
 def auto_chunk(model, data: CollabData, batch_size: int, n: int) -> int:
@@ -186,7 +188,7 @@ def _epoch_batches(keys, epoch, n, config) -> np.ndarray:
 
 def train_group(replicas: Sequence[Replica], data: CollabData,
                 config: training.TrainConfig, run_hooks: Sequence[loop.Hook],
-                log: Callable[[str], None]):
+                log: Callable[[str], None] | None):
   """Trains minibatch replicas of one group together (vmapped scanned
   epochs). Returns (loop outcome, validation predictions [R, n_valid],
   variables shared by all replicas (none here), compile seconds)."""
@@ -218,7 +220,8 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
                      static_argnums=2).lower(
                          state, data.valid, config.eval_batch_size).compile()
   compile_seconds = time.perf_counter() - start
-  log(f"compiled {len(replicas)} replicas of {type(model).__name__} in "
+  (log or (lambda _: None))(
+      f"compiled {len(replicas)} replicas of {type(model).__name__} in "
       f"{compile_seconds:.2f}s")
   program = loop.Program(
       steps_per_epoch=per_epoch, epochs=config.epochs, chunk=per_epoch,
@@ -226,7 +229,7 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
       train=lambda state, rows: run_epoch(state, data.train, rows),
       evaluate=lambda state: run_eval(state, data.valid),
       lr=lambda state: state.opt_state.lr, replicas=len(replicas))
-  outcome = loop.run(program, state, run_hooks)
+  outcome = loop.run(program, state, run_hooks, show_progress=log is not None)
   predict = jax.jit(jax.vmap(steps.predict_all,
                              in_axes=(0, None, None, None)), static_argnums=3)
   preds = predict(outcome.state, data.valid.users, data.valid.items,
@@ -317,7 +320,7 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData, config, *,
             lambda r, row, piece=piece: on_epoch(piece[r], row)))
       group = [replicas[i] for i in piece]
       outcome, preds, shared, seconds = trainer(group, data, config,
-                                                run_hooks, say)
+                                                run_hooks, log)
       compile_seconds += seconds
       train_seconds += outcome.train_seconds
       if first.family.trainer == "batches":

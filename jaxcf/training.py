@@ -60,6 +60,8 @@ class TrainConfig:
 
 
 OPTIMIZERS = tuple(optim.DENSE) + sparse.KINDS
+# A run's length and rates when its config leaves them out (the book's).
+DEFAULTS = {"epochs": 5, "lr": 5e-3, "wd": 0.1}
 ROW_KERNELS = ("xla", "cpp")
 
 

@@ -2,6 +2,13 @@
 
 import os
 from pathlib import Path
+import tempfile
+
+# One persistent compilation cache for the session, this process and the
+# train.py processes tests start: identical programs compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="jaxcf-tests-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
 import pytest

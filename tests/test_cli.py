@@ -154,7 +154,7 @@ ERROR_CASES = [
     (["--tensorboard"], "--tensorboard writes into --workdir"),
     (["--tensorboard", "--seed=1,2", "--workdir={tmp}/w"], "drop it for sweeps"),
     (["--ensemble", "--ensemble_top=-2"], "--ensemble_top=-2"),
-    (["--bs=0"], "--bs=0 must be positive"),
+    (["--bs=0"], "--bs=0 must be a positive integer"),
     (["--y_range=5,0"], "--y_range=5.0,0.0 must be LOW,HIGH with finite"),
     (["--y_range=0,inf"], "--y_range=0.0,inf must be LOW,HIGH with finite"),
     (["--y_range=1"], "must be LOW,HIGH"),
@@ -177,6 +177,8 @@ ERROR_CASES = [
     (["--valid_file={tmp}/pairs.tsv", "--split=u1"], "give one"),
     (["--bs=100000"], "larger than"),
     (["--item_name=genre"], "--item_name=genre"),
+    (["--ratings_file={tmp}/good.tsv", "--item_name=title"],
+     "--item_name=title needs titles"),
     (["--model=side_nn", "--ratings_file={tmp}/good.tsv"],
      "not available for --ratings_file"),
     (["--model=side_nn", "--side=user,weather"], "unknown ['weather']"),
@@ -360,3 +362,18 @@ def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path, capsys):
   assert "side information: user, item, time" in capsys.readouterr().out
   assert inspect.main([f"--workdir={workdir}", "--user=2", "--k=3"]) == 0
   assert "top 3 for user 2" in capsys.readouterr().out
+
+
+def test_compiled_programs_are_cached_unless_told_not_to(tiny_ml, tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache
+  env.pop("JAXCF_DATA", None)
+  command = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
+             "--epochs=1", "--bs=32"]
+  for cache, extra in (("on", []), ("off", ["--nocompilation_cache"])):
+    proc = subprocess.run(command + extra, capture_output=True, text=True,
+                          env={**env, "JAXCF_CACHE": str(tmp_path / cache)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+  assert len(list((tmp_path / "on" / "xla").iterdir())) >= 2
+  assert not (tmp_path / "off" / "xla").exists()

@@ -172,3 +172,16 @@ def test_edited_data_is_another_run(folder, tmp_path, capsys):
   capsys.readouterr()
   assert train_cli(*short) == 2
   assert "data_hash differ" in capsys.readouterr().err
+
+
+def test_checkpoints_of_an_older_layout_are_named(folder, tmp_path, capsys):
+  import jax
+  from jaxcf import models, optim, resume, training
+  model = models.create("dot", 5, 5, n_factors=2)
+  state = training.create_train_state(
+      model, optim.one_cycle_adamw(1e-3, 0.1, 10), jax.random.key(0))
+  store = resume.RunCheckpoints(str(tmp_path / "checkpoints"), {})
+  store.save(124, state, {"history": [], "epoch": 0, "done": 124})
+  store.close()
+  assert train_cli(*args(folder, tmp_path, epochs=1)) == 2
+  assert "checkpoints an older jaxcf wrote" in capsys.readouterr().err

@@ -126,3 +126,11 @@ def test_stacked_state_carries_per_replica_hyperparameters(tiny_data):
   emb = state.params["user_factors"]["embedding"]
   np.testing.assert_array_equal(emb[0], emb[1])  # one seed, one init
   assert isinstance(emb, jnp.ndarray) and emb.shape[0] == 2
+
+
+def test_a_diverged_replica_ranks_last(tiny_data):
+  reps = sweep.grid(model=["dot"], y_range=[None], lr=[1e12, 1e-2], wd=[0.0],
+                    seed=[0])
+  result = sweep.train_sweep(reps, tiny_data, CONFIG, log=None)
+  assert not np.isfinite(result.results[0].valid_loss)
+  assert result.ranking() == [1, 0]
