@@ -140,7 +140,8 @@ def train_group(replicas: Sequence, data: CollabData, config,
       evaluate=run_eval,
       lr=lambda s: s.opt_state.hyperparams["learning_rate"],
       replicas=len(replicas))
-  outcome = loop.run(program, state, run_hooks, show_progress=log is not None)
+  outcome = loop.train_program(program, state, run_hooks,
+                               show_progress=log is not None)
   final = outcome.state
   outcome.state = steps.TrainState(
       step=jnp.zeros([len(replicas)], jnp.int32), params=final.params,

@@ -1,9 +1,9 @@
 """The one training loop: compiled calls of steps, evaluations, hooks.
 
 A single run, a sweep's vmapped replicas and AutoRec's full-batch training
-all go through `run`. What differs between them is the `Program` (its
-compiled train and evaluation functions, and the host-side inputs of each
-call); what they share is here: calls of at most `chunk` steps that never
+all go through `train_program`. What differs between them is the `Program`
+(its compiled train and evaluation functions, and the host-side inputs of
+each call); what they share is here: calls of at most `chunk` steps that never
 cross an evaluation, the next call's inputs prepared on the host while the
 device works, a progress bar on slow calls, one metrics row per replica and
 evaluation, and hooks for everything periodic (printing, metrics files,
@@ -31,7 +31,7 @@ from jaxcf.progress import wait_with_progress
 
 @dataclasses.dataclass
 class Program:
-  """What `run` trains.
+  """What `train_program` trains.
 
   Attributes:
     steps_per_epoch, epochs: the run's length is their product, in steps.
@@ -138,7 +138,7 @@ class Outcome:
   state: Any
   progress: Progress
   train_seconds: float  # training calls only, evaluations excluded
-  steps_run: int  # steps this call of `run` trained (not restored ones)
+  steps_run: int  # steps trained by this call (not restored ones)
   stopped: bool  # should_stop ended the run early
 
 
@@ -155,7 +155,7 @@ def smooth_losses(losses: np.ndarray, start: float, count: int,
   return float(avg), count, float(avg / (1 - beta**count))
 
 
-def run(program: Program, state, hooks: Sequence[Hook] = (), *,
+def train_program(program: Program, state, hooks: Sequence[Hook] = (), *,
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
         show_progress: bool = True) -> Outcome:

@@ -85,14 +85,14 @@ class Placed:
   """A run's state and data on its devices, and what goes with them.
 
   order: epoch -> its batches' row indices, int32 [steps, batch] (host);
-  put: host batches -> device; epoch_fn: `steps.train_epoch`, or its
+  to_device: host batches -> device; epoch_fn: `steps.train_epoch`, or its
   variant gathering each shard's rows locally; out_shardings for jit.
   """
   state: Any
   train: Any
   valid: Any
   order: Callable[[int], Any]
-  put: Callable[[Any], Any]
+  to_device: Callable[[Any], Any]
   epoch_fn: Callable
   out_shardings: Any = None
 
@@ -114,7 +114,7 @@ def place(state, data: CollabData, *, batch_size: int, sampling: str,
     placed.train, placed.valid = sharding.put((data.train, data.valid),
                                               sharding.replicated(mesh))
     placed.out_shardings = (shardings, sharding.replicated(mesh))
-    placed.put = lambda rows: jax.device_put(rows,
+    placed.to_device = lambda rows: jax.device_put(rows,
                                              sharding.batch_sharding(mesh))
   shards = data_shards(mesh, shard_data)
   if shards:

@@ -206,11 +206,11 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
   epoch_rows = {}
 
   def inputs(step: int, count: int):
-    epoch, done = divmod(step, per_epoch)
+    epoch, into_epoch = divmod(step, per_epoch)
     if epoch not in epoch_rows:
       epoch_rows.clear()
       epoch_rows[epoch] = _epoch_batches(keys, epoch, n, config)
-    return epoch_rows[epoch][:, done:done + count]
+    return epoch_rows[epoch][:, into_epoch:into_epoch + count]
 
   start = time.perf_counter()
   run_epoch = jax.jit(jax.vmap(steps.train_epoch, in_axes=(0, None, 0)),
@@ -229,7 +229,8 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
       train=lambda state, rows: run_epoch(state, data.train, rows),
       evaluate=lambda state: run_eval(state, data.valid),
       lr=lambda state: state.opt_state.lr, replicas=len(replicas))
-  outcome = loop.run(program, state, run_hooks, show_progress=log is not None)
+  outcome = loop.train_program(program, state, run_hooks,
+                               show_progress=log is not None)
   predict = jax.jit(jax.vmap(steps.predict_all,
                              in_axes=(0, None, None, None)), static_argnums=3)
   preds = predict(outcome.state, data.valid.users, data.valid.items,
@@ -345,13 +346,13 @@ def _describe(replica: Replica) -> str:
   'dot_bias n_factors=8'."""
   spec = replica.normalised()
   family = spec.family
-  parts = [spec.model]
+  words = [spec.model]
   for name in sorted(family.settings - family.in_state):
     value = getattr(spec, name)
     if value == getattr(models.Spec(), name) and name != "layers":
       continue
     text = ",".join(map(str, value)) if isinstance(value, tuple) else value
-    parts.append(f"{name}={text}")
+    words.append(f"{name}={text}")
   if "y_range" in family.settings and spec.y_range is None:
-    parts.append("y_range=none")
-  return " ".join(parts)
+    words.append("y_range=none")
+  return " ".join(words)

@@ -7,7 +7,7 @@ where the arrays live in `jaxcf.placement`. `fit` ties them together:
     state = create_train_state(model, optimizer, init_key)
     placed = placement.place(state, data, ...)          # devices, shards
     program = batch_program(placed, ...)                # compiled epoch
-    loop.run(program, placed.state, hooks)              # epochs, rows
+    loop.train_program(program, placed.state, hooks)    # epochs, rows
 """
 
 from __future__ import annotations
@@ -142,23 +142,23 @@ def batch_program(placed: placement.Placed, config: TrainConfig,
   epoch_rows = {}
 
   def inputs(step: int, count: int):
-    epoch, done = divmod(step, steps_per_epoch)
+    epoch, into_epoch = divmod(step, steps_per_epoch)
     if epoch not in epoch_rows:
       epoch_rows.clear()
       epoch_rows[epoch] = placed.order(epoch)
-    return placed.put(epoch_rows[epoch][done:done + count])
+    return placed.to_device(epoch_rows[epoch][into_epoch:into_epoch + count])
 
   t0 = time.perf_counter()
-  runner = jax.jit(placed.epoch_fn, donate_argnums=0,
+  epoch_jit = jax.jit(placed.epoch_fn, donate_argnums=0,
                    out_shardings=placed.out_shardings)
-  compiled = runner.lower(placed.state, placed.train,
+  epoch_compiled = epoch_jit.lower(placed.state, placed.train,
                           inputs(first_step, chunk)).compile()
   run_eval = jax.jit(evaluate, static_argnums=2).lower(
       placed.state, placed.valid, config.eval_batch_size).compile()
   program = loop.Program(
       steps_per_epoch=steps_per_epoch, epochs=config.epochs, chunk=chunk,
       report_every=1, inputs=inputs,
-      train=lambda state, rows: (compiled if len(rows) == chunk else runner)(
+      train=lambda state, rows: (epoch_compiled if len(rows) == chunk else epoch_jit)(
           state, placed.train, rows),
       evaluate=lambda state: run_eval(state, placed.valid),
       lr=lambda state: state.opt_state.lr)
@@ -218,8 +218,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     state, _, meta = restored
     progress = loop.Progress(**{k: meta[k] for k in (
         "step", "histories", "ema", "partial")})
-    epoch, done = divmod(progress.step, per_epoch)
-    say(f"resuming at epoch {epoch}, step {done} of {per_epoch}, from "
+    epoch, into_epoch = divmod(progress.step, per_epoch)
+    say(f"resuming at epoch {epoch}, step {into_epoch} of {per_epoch}, from "
         f"{checkpoints.directory}")
   placed = placement.place(state, data, batch_size=config.batch_size,
                            sampling=config.sampling, order_key=order_key,
@@ -240,8 +240,9 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     run_hooks.append(hooks.OnLosses(on_losses))
   if checkpoints:
     run_hooks.append(hooks.Checkpoints(checkpoints, checkpoint_every))
-  outcome = loop.run(program, placed.state, run_hooks, progress=progress,
-                     should_stop=stop_requested, show_progress=bool(log))
+  outcome = loop.train_program(program, placed.state, run_hooks,
+                               progress=progress, should_stop=stop_requested,
+                               show_progress=bool(log))
   return FitResult(
       state=outcome.state, history=outcome.progress.histories[0],
       compile_seconds=compile_seconds, train_seconds=outcome.train_seconds,

@@ -20,23 +20,35 @@ def _no_shared_data(monkeypatch):
 
 
 def test_the_script_runs_and_fails_with_exit_2(tiny_ml, tmp_path):
+  """The real script: exit 0 (keeping its compiled programs in
+  $JAXCF_CACHE/xla unless --nocompilation_cache), and exit 2 with one line
+  for a mistake."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("JAXCF_DATA", None)
-  ok = subprocess.run([sys.executable, str(REPO / "train.py"),
-                       f"--data_dir={tiny_ml}", "--epochs=1", "--bs=32",
-                       f"--workdir={tmp_path / 'w'}"], capture_output=True,
-                      text=True, env=env, timeout=300)
-  assert ok.returncode == 0, ok.stderr
-  assert "final valid MSE" in ok.stdout
-  bad = subprocess.run([sys.executable, str(REPO / "train.py"),
-                        f"--data_dir={tiny_ml}", "--lr=-1"],
-                       capture_output=True, text=True, env=env, timeout=300)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache
+  command = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
+             "--epochs=1", "--bs=32"]
+  for cache, extra in (("on", [f"--workdir={tmp_path / 'w'}"]),
+                       ("off", ["--nocompilation_cache"])):
+    ok = subprocess.run(command + extra, capture_output=True, text=True,
+                        env={**env, "JAXCF_CACHE": str(tmp_path / cache)},
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "final valid MSE" in ok.stdout
+  assert len(list((tmp_path / "on" / "xla").iterdir())) >= 2
+  assert not (tmp_path / "off" / "xla").exists()
+  bad = subprocess.run(command + ["--lr=-1"], capture_output=True, text=True,
+                       env=env, timeout=300)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
       "error: --lr=-1.0 must be a positive number"]
-  helps = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"],
-                         capture_output=True, text=True, env=env, timeout=300)
-  assert helps.returncode == 0 and "--n_factors" in helps.stdout
+
+
+def test_help_lists_every_flag(capsys):
+  assert train_cli("--help") == 0
+  out = capsys.readouterr().out
+  for name in ("--n_factors", "--config", "--compilation_cache", "--epochs"):
+    assert name in out
 
 
 def test_trains_and_writes_workdir(tiny_ml, tmp_path, capsys):
@@ -362,18 +374,3 @@ def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path, capsys):
   assert "side information: user, item, time" in capsys.readouterr().out
   assert inspect.main([f"--workdir={workdir}", "--user=2", "--k=3"]) == 0
   assert "top 3 for user 2" in capsys.readouterr().out
-
-
-def test_compiled_programs_are_cached_unless_told_not_to(tiny_ml, tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache
-  env.pop("JAXCF_DATA", None)
-  command = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
-             "--epochs=1", "--bs=32"]
-  for cache, extra in (("on", []), ("off", ["--nocompilation_cache"])):
-    proc = subprocess.run(command + extra, capture_output=True, text=True,
-                          env={**env, "JAXCF_CACHE": str(tmp_path / cache)},
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-  assert len(list((tmp_path / "on" / "xla").iterdir())) >= 2
-  assert not (tmp_path / "off" / "xla").exists()
