@@ -1,8 +1,9 @@
 """jaxcf: collaborative filtering the JAX way (fastai's chapter 8, exact).
 
-Modules, in the order data flows: io, movielens -> data, datasets -> models
--> optim, training, sweep -> ranking, checkpoint, trained -> inspect, plots.
-See README.md.
+Modules, in the order data flows: io, movielens, synthetic -> data,
+datasets, features -> models (one file per family) -> optim, sparse ->
+steps -> loop, hooks <- training, sweep, fullbatch -> config, experiment ->
+artifact, trained, foldin -> inspect, plots. See README.md's Architecture.
 """
 
 __version__ = "0.1.0"
