@@ -38,27 +38,28 @@ class DotProduct(nn.Module):
     return squash(self, jnp.sum(u * i, axis=-1, dtype=jnp.float32))
 
 
-class DotProductBias(nn.Module):
+class DotProductBias(DotProduct):
   """The book's DotProductBias, which is fastai's EmbeddingDotBias.
 
   sigmoid_range(u . i + b_u + b_i, *y_range), with bias tables of width 1.
   """
-  n_users: int
-  n_items: int
-  n_factors: int = 50
   y_range: YRange = (0.0, 5.5)
-
-  param_dtype: Any = jnp.float32
-  compute_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
-    u = embed(self, self.n_users, self.n_factors, "user_factors")(users)
-    i = embed(self, self.n_items, self.n_factors, "item_factors")(items)
-    bu = embed(self, self.n_users, 1, "user_bias")(users)[..., 0]
-    bi = embed(self, self.n_items, 1, "item_bias")(items)[..., 0]
-    return squash(self, jnp.sum(u * i, axis=-1, dtype=jnp.float32)
-                  + bu.astype(jnp.float32) + bi.astype(jnp.float32))
+    u, i, bu, bi = factors_and_biases(self, users, items)
+    return squash(self, jnp.sum(u * i, axis=-1, dtype=jnp.float32) + bu + bi)
+
+
+def factors_and_biases(module: nn.Module, users, items):
+  """(u [batch, f], i [batch, f], b_u [batch], b_i [batch]): the looked-up
+  factors (compute dtype) and biases (float32) of tables user_factors,
+  item_factors, user_bias and item_bias."""
+  u = embed(module, module.n_users, module.n_factors, "user_factors")(users)
+  i = embed(module, module.n_items, module.n_factors, "item_factors")(items)
+  bu = embed(module, module.n_users, 1, "user_bias")(users)[..., 0]
+  bi = embed(module, module.n_items, 1, "item_bias")(items)[..., 0]
+  return u, i, bu.astype(jnp.float32), bi.astype(jnp.float32)
 
 
 def _table(params, name: str) -> np.ndarray:

@@ -15,36 +15,24 @@ what the rest of jaxcf asks about it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcf.models import registry
-from jaxcf.models.dot import SETTINGS, _resize, _table
-from jaxcf.models.layers import YRange, embed, linear, squash
+from jaxcf.models.dot import (SETTINGS, DotProductBias, _resize, _table,
+                              factors_and_biases)
+from jaxcf.models.layers import linear, squash
 
 
-class GMF(nn.Module):
+class GMF(DotProductBias):  # its attributes: n_users, n_items, n_factors...
   """sigmoid_range(Linear(u * i) + b_u + b_i): [batch] -> [batch]."""
-  n_users: int
-  n_items: int
-  n_factors: int = 50
-  y_range: YRange = (0.0, 5.5)
-
-  param_dtype: Any = jnp.float32
-  compute_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
-    u = embed(self, self.n_users, self.n_factors, "user_factors")(users)
-    i = embed(self, self.n_items, self.n_factors, "item_factors")(items)
-    bu = embed(self, self.n_users, 1, "user_bias")(users)[..., 0]
-    bi = embed(self, self.n_items, 1, "item_bias")(items)[..., 0]
-    score = linear(self, 1)(u * i)[..., 0]
-    return squash(self, score.astype(jnp.float32) + bu.astype(jnp.float32)
-                  + bi.astype(jnp.float32))
+    u, i, bu, bi = factors_and_biases(self, users, items)
+    score = linear(self, 1)(u * i)[..., 0].astype(jnp.float32)
+    return squash(self, score + bu + bi)
 
 
 def _design(params, items):

@@ -48,21 +48,13 @@ class CollabNN(nn.Module):
     return squash(self, linear(self, 1)(x)[..., 0].astype(jnp.float32))
 
 
-class EmbeddingNN(nn.Module):
+class EmbeddingNN(CollabNN):
   """fastai's EmbeddingNN (a TabularModel of two categorical inputs).
 
   Each hidden layer is Linear (no bias) -> ReLU -> BatchNorm; no dropout.
   Call with train=True, mutable=['batch_stats'] when training.
   """
-  n_users: int
-  n_items: int
   layers: Sequence[int] = (100, 50)
-  y_range: YRange = (0.0, 5.5)
-  user_size: int | None = None
-  item_size: int | None = None
-
-  param_dtype: Any = jnp.float32
-  compute_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, users, items, train: bool = False, times=None):
