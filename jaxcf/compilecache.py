@@ -14,6 +14,9 @@ from pathlib import Path
 import jax
 
 
+MAX_BYTES = 1 << 30  # the least recently used programs go beyond this
+
+
 def root() -> Path:
   """$JAXCF_CACHE, else ~/.cache/jaxcf."""
   return Path(os.environ.get("JAXCF_CACHE", Path.home() / ".cache" /
@@ -21,10 +24,11 @@ def root() -> Path:
 
 
 def enable() -> str | None:
-  """Turns on JAX's persistent compilation cache in root()/xla, for every
-  program however quick to compile, unless a cache folder is already set
-  (e.g. $JAX_COMPILATION_CACHE_DIR). Returns the folder in use, or None
-  when it cannot be created (the run goes on without it)."""
+  """Turns on JAX's persistent compilation cache in root()/xla (at most
+  MAX_BYTES), for every program however quick to compile, unless a cache
+  folder is already set (e.g. $JAX_COMPILATION_CACHE_DIR). A setting of
+  the whole process: once on, it stays on. Returns the folder in use, or
+  None when it cannot be created (the run goes on without it)."""
   current = jax.config.jax_compilation_cache_dir
   if current:
     return current
@@ -35,4 +39,5 @@ def enable() -> str | None:
     return None
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   return str(folder)

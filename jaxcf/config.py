@@ -37,7 +37,8 @@ class RunConfig:
 
   def resolved(self) -> "RunConfig":
     """The config with epochs, lr and wd left None filled in by the models'
-    trainer (`training.DEFAULTS` or `fullbatch.DEFAULTS`)."""
+    trainer (`training.DEFAULTS` or `fullbatch.DEFAULTS`), and item_name
+    by the data (titles where there are any)."""
     from jaxcf import fullbatch, training  # pylint: disable=g-import-not-at-top
     trainer = self.model.families[0].trainer
     defaults = (fullbatch.DEFAULTS if trainer == "full_batch"
@@ -46,8 +47,12 @@ class RunConfig:
     for name, value in defaults.items():
       if getattr(self.train, name) is None:
         values[name] = value if name == "epochs" else (value,)
-    return dataclasses.replace(self, train=dataclasses.replace(self.train,
-                                                               **values))
+    d = self.data
+    item_name = d.item_name or ("movie" if d.ratings_file and not
+                                d.items_file else "title")
+    return dataclasses.replace(
+        self, train=dataclasses.replace(self.train, **values),
+        data=dataclasses.replace(d, item_name=item_name))
 
   def replicas(self):
     """The cartesian product of the sweep axes, normalised and without

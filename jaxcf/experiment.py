@@ -37,11 +37,9 @@ def load_data(config: config_lib.RunConfig, log=print):
   if d.dataset == "synthetic":
     return synthetic.generate(d.n_users, d.n_items, d.n_ratings,
                               valid_pct=d.valid_pct, seed=seed, log=log)
-  item_name = d.item_name
-  if item_name is None:
-    item_name = "movie" if d.ratings_file and not d.items_file else "title"
-    if item_name == "movie":
-      log("items are keyed by id (no --items_file gives titles)")
+  item_name = d.item_name or config.resolved().data.item_name
+  if d.ratings_file and not d.items_file and item_name != "title":
+    log("items are keyed by id (no --items_file gives titles)")
   source = datasets.Source(
       ratings_file=d.ratings_file, data_dir=d.data_dir,
       columns=io.parse_columns_flag(d.columns), sep=d.sep,
@@ -70,6 +68,7 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print) -> dict:
     outputs.Stopped: a signal stopped a single run after a checkpoint.
   """
   config = config.resolved()
+  config.to_json()  # a value JSON cannot hold fails here, before any work
   if config.hosts.compilation_cache:
     compilecache.enable()
   _join_processes(config)
@@ -128,8 +127,10 @@ def _checkpoints(config: config_lib.RunConfig, data):
   if config.output.restart and distributed.is_leader():
     shutil.rmtree(directory, ignore_errors=True)
   distributed.barrier("restart")
-  return resume.RunCheckpoints(directory,
-                               config.fingerprint(data.content_hash()),
+  # Synthetic data is a function of its config; files need their content.
+  content = (None if config.data.dataset == "synthetic"
+             else data.content_hash())
+  return resume.RunCheckpoints(directory, config.fingerprint(content),
                                keep=config.output.keep_checkpoints)
 
 
@@ -189,7 +190,8 @@ def run_single(config: config_lib.RunConfig, replica, data, log=print
   log(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
       f"{final['valid_rmse']:.4f}); {speed}, compile "
       f"{result.compile_seconds:.1f}s")
-  top = ranking.evaluate_ranking(state, data.train, data.valid, data.n_items)
+  top = ranking.evaluate_ranking(state, data.train, data.valid, data.n_items,
+                                 log=log)
   log(outputs.ranking_line(top))
   summary = {
       "final": final, "ranking": top,

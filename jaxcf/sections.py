@@ -39,14 +39,16 @@ def _tuple(value):
 
 
 def _as_tuple(section, name: str) -> None:
-  """A list field given one bare value (lr=1e-3, model='dot') or a list:
-  stored as a tuple."""
+  """A list field given one bare value (lr=1e-3, model='dot') or any
+  iterable (a list, range(4), a numpy array): stored as a tuple of plain
+  Python values."""
   value = getattr(section, name)
-  if isinstance(value, (str, int, float)):
+  plain = lambda v: v.item() if hasattr(v, "item") else v
+  if value is None:
+    return
+  if isinstance(value, str) or not hasattr(value, "__iter__"):
     value = (value,)
-  elif isinstance(value, list):
-    value = tuple(value)
-  object.__setattr__(section, name, value)
+  object.__setattr__(section, name, tuple(plain(v) for v in value))
 
 
 def _finite(*values) -> bool:

@@ -334,10 +334,15 @@ def train_sweep(replicas: Sequence[Replica], data: CollabData, config, *,
                       train_seconds=train_seconds,
                       samples_per_second=samples / max(train_seconds, 1e-9))
   if ensemble_top is not None:
-    ranking = sweep.ranking()
+    ranking = [i for i in sweep.ranking()
+               if math.isfinite(results[i].valid_loss)]
+    if len(ranking) < len(results):
+      say(f"{len(results) - len(ranking)} diverged replica(s) left out of "
+          "the ensemble")
     members = ranking if ensemble_top == 0 else ranking[:ensemble_top]
-    sweep.ensemble = ensemble_score(results, sorted(members),
-                                    data.valid.ratings)
+    if members:
+      sweep.ensemble = ensemble_score(results, sorted(members),
+                                      data.valid.ratings)
   return sweep
 
 

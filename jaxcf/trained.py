@@ -169,17 +169,14 @@ class TrainedModel:
   def scores(self, users: np.ndarray) -> jax.Array:
     """Predicted ratings [len(users), n_items] of every item for user
     rows, averaged over the members."""
-    return _mean_scores([_score_matrix(s, spec, users, len(self.items))
-                         for s, spec in zip(self.states, self.specs)])
+    return ranking.scorer(self.states, len(self.items))(users)
 
   def recommend(self, user, k: int = 10, exclude_seen: bool = True
                 ) -> pd.DataFrame:
     """The k items with the highest predicted rating for one user (an id or
     a FoldedUser): a table of item (and title), score."""
     states, row, seen = self._user_states(user)
-    scores = _mean_scores([_score_matrix(s, spec, np.array([row]),
-                                         len(self.items))
-                           for s, spec in zip(states, self.specs)])
+    scores = ranking.scorer(states, len(self.items))(np.array([row]))
     top = self._top_k(scores, [seen if exclude_seen else np.zeros(0, int)],
                       k)
     return self._item_frame(top[1][0], score=top[0][0])
@@ -276,7 +273,9 @@ class TrainedModel:
   def ranking_metrics(self, k: int = 10, threshold: float = 4.0
                       ) -> dict[str, float]:
     """precision@k, recall@k and NDCG@k on the validation split."""
-    return ranking.evaluate_ranking(self.scores, self.train, self.valid,
+    return ranking.evaluate_ranking(ranking.scorer(self.states,
+                                                   len(self.items)),
+                                    self.train, self.valid,
                                     len(self.items), k=k,
                                     threshold=threshold)
 
@@ -332,21 +331,6 @@ def _coerce(value, classes: np.ndarray):
 def _mean(predictions: list) -> np.ndarray:
   return np.asarray(predictions[0] if len(predictions) == 1 else
                     jnp.mean(jnp.stack(predictions), axis=0))
-
-
-def _mean_scores(scores: list[jax.Array]) -> jax.Array:
-  return scores[0] if len(scores) == 1 else jnp.mean(jnp.stack(scores), 0)
-
-
-def _score_matrix(state, spec, users: np.ndarray, n_items: int) -> jax.Array:
-  """[len(users), n_items]: the family's cheap all-items scores, or a
-  prediction for every pair."""
-  family = spec.family
-  if family.scores is not None:
-    variables = {"params": state.params, **state.model_state}
-    return family.scores(variables, state.model, jnp.asarray(users,
-                                                             jnp.int32))
-  return ranking.score_matrix(state, users, n_items)
 
 
 @functools.partial(jax.jit, static_argnames="k")

@@ -1,13 +1,18 @@
 """Shared fixtures: a tiny MovieLens-format folder, and the real one if present."""
 
+import atexit
 import os
 from pathlib import Path
+import shutil
 import tempfile
 
-# One persistent compilation cache for the session, this process and the
-# train.py processes tests start: identical programs compile once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="jaxcf-tests-xla-"))
+# One persistent compilation cache for the session (its xdist workers and
+# the train.py processes tests start inherit it): identical programs
+# compile once. The process that made it removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="jaxcf-tests-xla-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np

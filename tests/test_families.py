@@ -182,3 +182,15 @@ def test_sweep_groups_by_what_is_compiled(name):
   if "n_factors" not in family.settings and reader:
     grid = sweep.grid(model=[reader.name, name], n_factors=[4, 8])
     assert len(grid) == 3
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_all_item_scores_equal_predictions(name, trained_models, tiny):
+  """A family's cheap all-items scores (where it declares them) are its
+  predictions of every (user, item) pair."""
+  _, model = trained_models[name]
+  from jaxcf import ranking
+  users = np.array([1, 4, 9], np.int32)
+  fast = ranking.scorer(model.states, tiny.n_items)(users)
+  pairwise = ranking.score_matrix(model.state, users, tiny.n_items)
+  np.testing.assert_allclose(fast, pairwise, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,6 +80,35 @@ def _dot_bias_design(params, items):
           _table(params, "item_bias")[items, 0])
 
 
+def _table_of(variables, name):
+  return variables["params"][name]["embedding"]
+
+
+def _squash_scores(module, variables, x):
+  """`layers.squash` outside the module: sigmoid_range into the y_range
+  the variables hold (none: x)."""
+  if module.y_range is None:
+    return x
+  low, high = variables["constants"]["y_range"]
+  return jax.nn.sigmoid(x) * (high - low) + low
+
+
+def all_item_scores(variables, module, users, weight=None, offset=0.0):
+  """[len(users), n_items] scores of every item, one matmul: the users'
+  factors (times `weight` [f], if given) against every item's, plus the
+  biases where the model has them and `offset`, through sigmoid_range."""
+  dtype = module.compute_dtype
+  u = _table_of(variables, "user_factors")[users].astype(dtype)
+  if weight is not None:
+    u = u * weight.astype(dtype)
+  items = _table_of(variables, "item_factors").astype(dtype)
+  x = jnp.dot(u, items.T, preferred_element_type=jnp.float32) + offset
+  if "user_bias" in variables["params"]:
+    x = (x + _table_of(variables, "user_bias")[users].astype(jnp.float32)
+         + _table_of(variables, "item_bias")[:, 0].astype(jnp.float32))
+  return _squash_scores(module, variables, x)
+
+
 def _create(cls):
   def create(spec, n_users, n_items, side):
     del side
@@ -98,11 +128,11 @@ registry.register(registry.Family(
     name="dot", module=DotProduct, create=_create(DotProduct), settings=SETTINGS,
     tables={"user_factors": "users", "item_factors": "items"},
     resize=_resize, fold_in="ridge", design=_dot_design,
-    user_rows=("user_factors",)))
+    user_rows=("user_factors",), scores=all_item_scores))
 
 registry.register(registry.Family(
     name="dot_bias", module=DotProductBias, create=_create(DotProductBias), settings=SETTINGS,
     tables={"user_factors": "users", "user_bias": "users",
             "item_factors": "items", "item_bias": "items"},
     resize=_resize, fold_in="ridge", design=_dot_bias_design,
-    user_rows=("user_factors", "user_bias")))
+    user_rows=("user_factors", "user_bias"), scores=all_item_scores))

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxcf.models import registry
 from jaxcf.models.dot import (SETTINGS, DotProductBias, _resize, _table,
-                              factors_and_biases)
+                              all_item_scores, factors_and_biases)
 from jaxcf.models.layers import linear, squash
 
 
@@ -54,4 +54,8 @@ registry.register(registry.Family(
     tables={"user_factors": "users", "user_bias": "users",
             "item_factors": "items", "item_bias": "items"},
     resize=_resize,  # row-wise optimisers: tables of one row per position
-    fold_in="ridge", design=_design, user_rows=("user_factors", "user_bias")))
+    fold_in="ridge", design=_design, user_rows=("user_factors", "user_bias"),
+    scores=lambda variables, module, users: all_item_scores(  # one matmul
+        variables, module, users,
+        variables["params"]["Linear_0"]["dense"]["kernel"][:, 0],
+        variables["params"]["Linear_0"]["dense"]["bias"][0])))
