@@ -30,7 +30,7 @@ from jaxcf import cli, cliconfig, experiment
 
 
 def main(flag_values: flags.FlagValues) -> None:
-  experiment.train_and_evaluate(cliconfig.build(flag_values))
+  experiment.train_and_evaluate(cliconfig.build(flag_values), command=True)
 
 
 if __name__ == "__main__":

@@ -60,8 +60,11 @@ def load_data(config: config_lib.RunConfig, log=print):
   return data
 
 
-def train_and_evaluate(config: config_lib.RunConfig, log=print) -> dict:
-  """Runs `config` (see the module docstring); returns the summary.
+def train_and_evaluate(config: config_lib.RunConfig, log=print,
+                       command: bool = False) -> dict:
+  """Runs `config` (see the module docstring); returns the summary, whose
+  'seconds' hold the wall time of each phase (from the process's start
+  when `command`, as train.py runs it).
 
   Raises:
     UserError: a mistake in the config or the data, before any work.
@@ -77,12 +80,14 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print) -> dict:
             and replicas[0].family.trainer == "batches")
   if not single:
     _check_sweep(config)
-  data = load_data(config, log)
+  phases = outputs.Phases(since_process_start=command)
+  with phases.timed("read"):
+    data = load_data(config, log)
   if single:
-    summary = run_single(config, replicas[0], data, log)
+    summary = run_single(config, replicas[0], data, phases, log)
     distributed.barrier("finished")  # the others wait while 0 writes
     return summary
-  return run_sweep(config, replicas, data, log)
+  return run_sweep(config, replicas, data, phases, log)
 
 
 def _join_processes(config: config_lib.RunConfig) -> None:
@@ -134,8 +139,8 @@ def _checkpoints(config: config_lib.RunConfig, data):
                                keep=config.output.keep_checkpoints)
 
 
-def run_single(config: config_lib.RunConfig, replica, data, log=print
-               ) -> dict:
+def run_single(config: config_lib.RunConfig, replica, data,
+               phases: outputs.Phases, log=print) -> dict:
   """One model: fit, ranking, summary.json and model/ in the workdir."""
   h, o = config.hosts, config.output
   mesh = sharding.make_mesh(h.mesh) if h.mesh else None
@@ -190,8 +195,14 @@ def run_single(config: config_lib.RunConfig, replica, data, log=print
   log(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
       f"{final['valid_rmse']:.4f}); {speed}, compile "
       f"{result.compile_seconds:.1f}s")
-  top = ranking.evaluate_ranking(state, data.train, data.valid, data.n_items,
-                                 log=log)
+  for name, seconds in (("setup", result.setup_seconds),
+                        ("compile", result.compile_seconds),
+                        ("train", result.train_seconds),
+                        ("evaluation", result.eval_seconds)):
+    phases.add(name, seconds)
+  with phases.timed("ranking"):
+    top = ranking.evaluate_ranking(state, data.train, data.valid,
+                                   data.n_items, log=log)
   log(outputs.ranking_line(top))
   summary = {
       "final": final, "ranking": top,
@@ -203,17 +214,21 @@ def run_single(config: config_lib.RunConfig, replica, data, log=print
       **outputs.context(data, config),
   }
   if not out:
-    return summary
-  outputs.write_json(os.path.join(out, "config.json"), config.to_json())
+    return _finish(summary, phases, log)
+  with phases.timed("save"):
+    outputs.write_json(os.path.join(out, "config.json"), config.to_json())
+    saved = None
+    if config.data.dataset != "synthetic":  # no ids or titles worth a model
+      saved = trained.TrainedModel.from_training(
+          replica, state.params, state.model_state, data,
+          info={"summary": summary})
+      saved.save(os.path.join(out, "model"))
+  summary = _finish(summary, phases, log)
   outputs.write_json(os.path.join(out, "summary.json"), summary)
-  if config.data.dataset == "synthetic":  # no ids or titles worth a model
-    log(f"wrote {metrics.path} and summary.json")
+  log(f"wrote {metrics.path}, summary.json" + (" and model/" if saved else
+                                                ""))
+  if saved is None:
     return summary
-  saved = trained.TrainedModel.from_training(
-      replica, state.params, state.model_state, data,
-      info={"summary": summary})
-  saved.save(os.path.join(out, "model"))
-  log(f"wrote {metrics.path}, summary.json and model/")
   if board:
     if "item_factors" in saved.state.params:
       labels = (saved.titles if saved.titles is not None
@@ -230,8 +245,14 @@ def run_single(config: config_lib.RunConfig, replica, data, log=print
   return summary
 
 
-def run_sweep(config: config_lib.RunConfig, replicas, data, log=print
-              ) -> dict:
+def _finish(summary: dict, phases: outputs.Phases, log) -> dict:
+  """The summary with the phases' seconds, also printed."""
+  log(phases.line())
+  return {**summary, "seconds": phases.summary()}
+
+
+def run_sweep(config: config_lib.RunConfig, replicas, data,
+              phases: outputs.Phases, log=print) -> dict:
   """Many replicas: a ranking, the ensemble, sweep.json and model/ (the
   best replica, or the ensemble with --ensemble) in the workdir."""
   o = config.output
@@ -269,17 +290,22 @@ def run_sweep(config: config_lib.RunConfig, replicas, data, log=print
       "train_samples_per_second": result.samples_per_second,
       **outputs.context(data, config),
   }
+  phases.add("compile", result.compile_seconds)
+  phases.add("train", result.train_seconds)
   if not o.workdir:
-    return summary
-  outputs.write_json(os.path.join(o.workdir, "config.json"), config.to_json())
+    return _finish(summary, phases, log)
+  with phases.timed("save"):
+    outputs.write_json(os.path.join(o.workdir, "config.json"),
+                       config.to_json())
+    members = ([i for i in order if i in result.ensemble["members"]]
+               if result.ensemble else order[:1])
+    chosen = [result.results[i] for i in members]
+    saved = trained.TrainedModel.from_members(
+        [(r.replica, r.params, r.model_state) for r in chosen], data,
+        info={"best_replica": ranked[0], "ensemble": result.ensemble})
+    saved.save(os.path.join(o.workdir, "model"))
+  summary = _finish(summary, phases, log)
   outputs.write_json(os.path.join(o.workdir, "sweep.json"), summary)
-  members = ([i for i in order if i in result.ensemble["members"]]
-             if result.ensemble else order[:1])
-  chosen = [result.results[i] for i in members]
-  saved = trained.TrainedModel.from_members(
-      [(r.replica, r.params, r.model_state) for r in chosen], data,
-      info={"best_replica": ranked[0], "ensemble": result.ensemble})
-  saved.save(os.path.join(o.workdir, "model"))
   what = (f"the ensemble of {len(chosen)}" if result.ensemble
           else "the best replica")
   log(f"wrote {metrics.path}, sweep.json and model/ ({what})")

@@ -138,6 +138,7 @@ class Outcome:
   state: Any
   progress: Progress
   train_seconds: float  # training calls only, evaluations excluded
+  eval_seconds: float  # the evaluations
   steps_run: int  # steps trained by this call (not restored ones)
   stopped: bool  # should_stop ended the run early
 
@@ -174,7 +175,7 @@ def train_program(program: Program, state, hooks: Sequence[Hook] = (), *,
   for hook in hooks:
     hook.begin(ctx)
   total = program.total_steps
-  train_seconds, steps_run, last_period = 0.0, 0, None
+  train_seconds, eval_seconds, steps_run, last_period = 0.0, 0.0, 0, None
   count = program.call_size(progress.step) if progress.step < total else 0
   inputs = program.inputs(progress.step, count) if count else None
   period_start = time.perf_counter()
@@ -198,14 +199,15 @@ def train_program(program: Program, state, hooks: Sequence[Hook] = (), *,
     if program.reports_at(step):
       last_period = time.perf_counter() - period_start
       train_seconds += last_period
-      _report(program, ctx, hooks, period_start, should_stop)
+      eval_seconds += _report(program, ctx, hooks, period_start, should_stop)
       period_start = time.perf_counter()
     if ctx.stopping:
       break
   stopped = ctx.stopping and progress.step < total
   if stopped:  # the unfinished period's training time
     train_seconds += time.perf_counter() - period_start
-  return Outcome(ctx.state, progress, train_seconds, steps_run, stopped)
+  return Outcome(ctx.state, progress, train_seconds, eval_seconds, steps_run,
+                 stopped)
 
 
 def _valid_name(metric: str) -> str:
@@ -215,12 +217,14 @@ def _valid_name(metric: str) -> str:
 
 
 def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
-            period_start: float, should_stop) -> None:
+            period_start: float, should_stop) -> float:
   """Evaluates, appends a row per replica, polls should_stop again, and
-  tells the hooks."""
+  tells the hooks; returns the evaluation's seconds."""
   progress = ctx.progress
+  started = time.perf_counter()
   metrics = {k: np.atleast_1d(np.asarray(v, np.float64))
              for k, v in program.evaluate(ctx.state).items()}
+  evaluated = time.perf_counter() - started
   lrs = np.atleast_1d(np.asarray(program.lr(ctx.state), np.float64))
   seconds = time.perf_counter() - period_start
   losses = np.asarray(progress.partial, np.float32)
@@ -237,3 +241,4 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
   ctx.stopping = ctx.stopping or bool(should_stop and should_stop())
   for hook in hooks:
     hook.after_report(ctx, rows, losses)
+  return evaluated

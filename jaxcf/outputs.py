@@ -3,10 +3,12 @@ signals that ask it to stop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+import time
 
 from jaxcf import runinfo
 from jaxcf.errors import UserError
@@ -86,6 +88,42 @@ def ranking_table(ranked: list[dict], swept: list[str], top: int = 10) -> str:
   if len(ranked) > top:
     lines.append(f"... {len(ranked) - top} more in sweep.json")
   return "\n".join(lines)
+
+
+class Phases:
+  """Wall seconds of a run by phase, for summary.json and a closing line.
+
+  With `since_process_start` (a command), 'import' is the time from the
+  process's start to this object, and 'total' the process's age at the
+  end; otherwise 'total' starts here.
+  """
+
+  def __init__(self, since_process_start: bool = False):
+    self.start = time.perf_counter()
+    self.offset = 0.0
+    self.seconds: dict[str, float] = {}
+    age = runinfo.process_age() if since_process_start else None
+    if age is not None:
+      self.seconds["import"] = age
+      self.offset = age
+
+  @contextlib.contextmanager
+  def timed(self, name: str):
+    start = time.perf_counter()
+    yield
+    self.add(name, time.perf_counter() - start)
+
+  def add(self, name: str, seconds: float) -> None:
+    self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+  def summary(self) -> dict[str, float]:
+    total = self.offset + time.perf_counter() - self.start
+    return {**{k: round(v, 3) for k, v in self.seconds.items()},
+            "total": round(total, 3)}
+
+  def line(self) -> str:
+    parts = [f"{k} {v:.1f}" for k, v in self.summary().items()]
+    return "seconds: " + ", ".join(parts)
 
 
 class StopOnSignal:

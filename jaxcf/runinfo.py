@@ -35,3 +35,15 @@ def device() -> dict:
   return {"platform": dev.platform, "kind": dev.device_kind,
           "count": jax.device_count(), "cpu": cpu,
           "cpu_count": os.cpu_count()}
+
+
+def process_age() -> float | None:
+  """Seconds since this process started (Linux's /proc; None elsewhere)."""
+  try:
+    with open("/proc/self/stat") as f:
+      started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+  return uptime - started_ticks / os.sysconf("SC_CLK_TCK")

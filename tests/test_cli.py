@@ -36,6 +36,9 @@ def test_the_script_runs_and_fails_with_exit_2(tiny_ml, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "final valid MSE" in ok.stdout
   assert len(list((tmp_path / "on" / "xla").iterdir())) >= 2
+  phases = json.loads((tmp_path / "w" / "summary.json").read_text())[
+      "seconds"]
+  assert 0 < phases["import"] < phases["total"]  # from the process's start
   assert not (tmp_path / "off" / "xla").exists()
   bad = subprocess.run(command + ["--lr=-1"], capture_output=True, text=True,
                        env=env, timeout=300)
@@ -72,6 +75,12 @@ def test_trains_and_writes_workdir(tiny_ml, tmp_path, capsys):
   assert config["train"]["bs"] == 16 and config["train"]["seed"] == [1]
   assert summary["versions"]["jax"] and summary["device"]["platform"]
   assert summary["train_samples_per_second"] > 0
+  phases = summary["seconds"]
+  assert set(phases) == {"read", "setup", "compile", "train", "evaluation",
+                         "ranking", "save", "total"}
+  assert sum(v for k, v in phases.items() if k != "total") <= (
+      phases["total"] + 0.01)
+  assert "seconds: read " in out
   assert "Traceback" not in err
   model = jaxcf.load(str(workdir))
   assert model.spec["model"] == "dot_bias"
