@@ -22,9 +22,11 @@ mistake in a flag or an input file ends with one line on stderr and exit
 status 2.
 """
 
+import os
 import sys
 
 from absl import flags
+import jax
 
 from jaxcf import cli, cliconfig, experiment
 
@@ -35,4 +37,11 @@ def main(flag_values: flags.FlagValues) -> None:
 
 if __name__ == "__main__":
   cliconfig.define(flags.FLAGS)
-  sys.exit(cli.main(sys.argv, main, flags.FLAGS))
+  code = cli.main(sys.argv, main, flags.FLAGS)
+  if jax.process_count() == 1:
+    # Every file is written and closed: skip the interpreter's teardown of
+    # JAX and its threads (~0.4 s). Several processes shut down together.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
