@@ -98,12 +98,15 @@ class Placed:
 
 
 def place(state, data: CollabData, *, batch_size: int, sampling: str,
-          order_key: jax.Array, mesh=None, shard_data: bool = False,
+          order_key: jax.Array, epochs: int, mesh=None,
+          shard_data: bool = False,
           log: Callable[[str], None] = lambda _: None) -> Placed:
-  """Puts a single run's state and data on its devices (see module doc)."""
+  """Puts a single run's state and data on its devices (see module doc).
+  The data order of each of `epochs` epochs comes from `order_key`."""
   n = data.train.size
-  order = lambda epoch: steps.epoch_batches(order_key, epoch, n, batch_size,
-                                            sampling)
+  seeds = steps.epoch_seeds(order_key, epochs)
+  order = lambda epoch: steps.epoch_order(seeds[epoch], n, batch_size,
+                                          sampling)
   placed = Placed(state, data.train, data.valid, order, jax.device_put,
                   steps.train_epoch)
   if mesh is not None:
@@ -119,9 +122,12 @@ def place(state, data: CollabData, *, batch_size: int, sampling: str,
   shards = data_shards(mesh, shard_data)
   if shards:
     placed.train = sharding.shard_rows(data.train, mesh)
+    shard_seeds = [steps.epoch_seeds(jax.random.fold_in(order_key, d), epochs)
+                   for d in range(shards)]
     placed.order = lambda epoch: sharding.shard_batches(
-        order_key, epoch, n // shards, mesh, batch_size, sampling,
-        steps.epoch_batches)
+        epoch, n // shards, mesh, batch_size,
+        lambda d, e, n_local, b: steps.epoch_order(shard_seeds[d][e],
+                                                   n_local, b, sampling))
     placed.epoch_fn = functools.partial(steps.train_epoch,
                                         take=sharding.local_take(mesh))
     log(f"{shards} data shards of {n // shards:,} training rows each, "

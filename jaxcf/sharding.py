@@ -139,16 +139,16 @@ def shard_rows(rows, mesh: Mesh):
   return type(rows)(*(put(c) for c in rows))
 
 
-def shard_batches(key, epoch: int, n_local: int, mesh: Mesh, batch_size: int,
-                  sampling: str, draw) -> np.ndarray:
+def shard_batches(epoch: int, n_local: int, mesh: Mesh, batch_size: int,
+                  draw) -> np.ndarray:
   """One epoch's batches [steps, batch_size]: columns d * b .. (d + 1) * b
   (b = batch_size / D) are shard d's own rows, as indices into its
-  n_local rows, drawn by `draw(key, epoch, n_local, b, sampling)`."""
+  n_local rows, drawn by `draw(d, epoch, n_local, b)` (each shard from its
+  own key: see `placement.place`)."""
   d_size = mesh.shape["data"]
   b = batch_size // d_size
-  return np.concatenate(
-      [draw(jax.random.fold_in(key, d), epoch, n_local, b, sampling)
-       for d in range(d_size)], axis=1)
+  return np.concatenate([draw(d, epoch, n_local, b) for d in range(d_size)],
+                        axis=1)
 
 
 def local_take(mesh: Mesh):

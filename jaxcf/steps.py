@@ -182,9 +182,26 @@ def epoch_batches(key: jax.Array, epoch: int, n: int, batch_size: int,
   fastai 2.8's tabular loader (`TabWeightedDL`) does, so each epoch sees
   about 63% of the distinct rows. Either way the last partial batch is
   dropped. Drawn on the host (numpy is ~30x faster than an XLA:CPU
-  permutation) from a seed taken from `fold_in(key, epoch)`.
+  permutation) from a seed taken from `fold_in(key, epoch)`: see
+  `epoch_seeds`, which a training run uses to draw them all at its start.
   """
   seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, epoch)))
+  return epoch_order(seed, n, batch_size, sampling)
+
+
+def epoch_seeds(key: jax.Array, epochs: int) -> np.ndarray:
+  """uint32 [epochs, 2]: every epoch's seed for `epoch_order`, the key
+  data of fold_in(key, epoch), in one device call. Taken before training
+  starts: a device call made while an epoch runs waits for it, so drawing
+  the next epoch's seed then would keep the host from shuffling while the
+  device trains."""
+  fold = lambda e: jax.random.key_data(jax.random.fold_in(key, e))
+  return np.asarray(jax.vmap(fold)(jnp.arange(max(epochs, 1))))
+
+
+def epoch_order(seed: np.ndarray, n: int, batch_size: int,
+                sampling: str = "shuffle") -> np.ndarray:
+  """`epoch_batches` from the epoch's seed (a row of `epoch_seeds`)."""
   rng = np.random.default_rng(seed)
   if sampling == "shuffle":
     rows = rng.permutation(n)

@@ -169,21 +169,18 @@ def init_replicas(model, tx, replicas: Sequence[Replica],
   return state
 
 
-def _order_keys(replicas: Sequence[Replica]) -> list[jax.Array]:
-  return [jax.random.split(jax.random.key(r.seed))[1] for r in replicas]
+def _order_seeds(replicas: Sequence[Replica], epochs: int) -> dict:
+  """Each distinct seed's `steps.epoch_seeds` for its data order."""
+  return {r.seed: steps.epoch_seeds(
+      jax.random.split(jax.random.key(r.seed))[1], epochs) for r in replicas}
 
 
-def _epoch_batches(keys, epoch, n, config) -> np.ndarray:
+def _epoch_batches(replicas, seeds, epoch, n, config) -> np.ndarray:
   """[replicas, steps, batch] rows; replicas with one seed share an order."""
-  cache = {}
-  out = []
-  for key in keys:
-    tag = tuple(np.asarray(jax.random.key_data(key)).tolist())
-    if tag not in cache:
-      cache[tag] = steps.epoch_batches(key, epoch, n, config.batch_size,
-                                       config.sampling)
-    out.append(cache[tag])
-  return np.stack(out)
+  orders = {s: steps.epoch_order(seeds[s][epoch], n, config.batch_size,
+                                 config.sampling)
+            for s in {r.seed for r in replicas}}
+  return np.stack([orders[r.seed] for r in replicas])
 
 
 def train_group(replicas: Sequence[Replica], data: CollabData,
@@ -202,14 +199,14 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
   tx = training.make_optimizer(model, config, per_epoch * config.epochs)
   state = init_replicas(model, tx, replicas,
                         training.model_constants(model, data))
-  keys = _order_keys(replicas)
+  seeds = _order_seeds(replicas, config.epochs)
   epoch_rows = {}
 
   def inputs(step: int, count: int):
     epoch, into_epoch = divmod(step, per_epoch)
     if epoch not in epoch_rows:
       epoch_rows.clear()
-      epoch_rows[epoch] = _epoch_batches(keys, epoch, n, config)
+      epoch_rows[epoch] = _epoch_batches(replicas, seeds, epoch, n, config)
     return epoch_rows[epoch][:, into_epoch:into_epoch + count]
 
   start = time.perf_counter()

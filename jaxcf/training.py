@@ -228,7 +228,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         f"{checkpoints.directory}")
   placed = placement.place(state, data, batch_size=config.batch_size,
                            sampling=config.sampling, order_key=order_key,
-                           mesh=mesh, shard_data=shard_data, log=say)
+                           epochs=config.epochs, mesh=mesh,
+                           shard_data=shard_data, log=say)
   chunk = min(chunk_steps or per_epoch, per_epoch)
   setup_seconds = time.perf_counter() - started
   first = min(progress.step if progress else 0, per_epoch * config.epochs - 1)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, models, optim, training
+from jaxcf import datasets, models, optim, steps, training
 from jaxcf.data import Ratings
 from jaxcf.errors import UserError
 
@@ -186,3 +186,13 @@ def test_a_model_too_big_for_memory_is_refused(tiny_data):
     training.fit(huge, tiny_data, training.TrainConfig(epochs=1,
                                                        batch_size=16),
                  log=None)
+
+
+def test_epoch_seeds_are_each_epochs_seed():
+  """All epochs' seeds drawn at once give each epoch's own order."""
+  key = jax.random.key(11)
+  seeds = steps.epoch_seeds(key, 4)
+  for epoch in range(4):
+    np.testing.assert_array_equal(
+        steps.epoch_order(seeds[epoch], 97, 8),
+        training.epoch_batches(key, epoch, 97, 8))
