@@ -14,9 +14,6 @@ from pathlib import Path
 import jax
 
 
-MAX_BYTES = 1 << 30  # the least recently used programs go beyond this
-
-
 def root() -> Path:
   """$JAXCF_CACHE, else ~/.cache/jaxcf."""
   return Path(os.environ.get("JAXCF_CACHE", Path.home() / ".cache" /
@@ -24,11 +21,15 @@ def root() -> Path:
 
 
 def enable() -> str | None:
-  """Turns on JAX's persistent compilation cache in root()/xla (at most
-  MAX_BYTES), for every program however quick to compile, unless a cache
-  folder is already set (e.g. $JAX_COMPILATION_CACHE_DIR). A setting of
-  the whole process: once on, it stays on. Returns the folder in use, or
-  None when it cannot be created (the run goes on without it)."""
+  """Turns on JAX's persistent compilation cache in root()/xla, for every
+  program however quick to compile, unless a cache folder is already set
+  (e.g. $JAX_COMPILATION_CACHE_DIR). A setting of the whole process: once
+  on, it stays on. Returns the folder in use, or None when it cannot be
+  created (the run goes on without it).
+
+  Not capped in size: JAX's cap needs the `filelock` package, and without
+  it JAX drops the whole cache silently. Entries are small (the book run's
+  programs take 0.4 MB); deleting the folder at any time is safe."""
   current = jax.config.jax_compilation_cache_dir
   if current:
     return current
@@ -39,5 +40,4 @@ def enable() -> str | None:
     return None
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   return str(folder)

@@ -72,6 +72,8 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
   """
   config = config.resolved()
   config.to_json()  # a value JSON cannot hold fails here, before any work
+  if config.output.plot:
+    plots.check()
   if config.hosts.compilation_cache:
     compilecache.enable()
   _join_processes(config)

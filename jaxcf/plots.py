@@ -7,6 +7,12 @@ import numpy as np
 from jaxcf.errors import UserError
 
 
+def check() -> None:
+  """A UserError now, rather than after training, when matplotlib is
+  missing."""
+  _pyplot()
+
+
 def _pyplot():
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top

@@ -132,10 +132,13 @@ class TrainedModel:
 
   # Predictions and recommendations -----------------------------------------
 
-  def predict(self, users: Iterable, items: Iterable,
-              batch_size: int = 8192) -> np.ndarray:
-    """Predicted ratings for pairs of user ids and items, any number."""
-    users, items = list(users), list(items)
+  def predict(self, users, items, batch_size: int = 8192) -> np.ndarray:
+    """Predicted ratings for pairs of user ids and items, any number; one
+    user (an id, a str being one id, or a FoldedUser) with many items
+    predicts that user's."""
+    if _one(users) or isinstance(users, FoldedUser):
+      return self.predict_for(users, _listed(items), batch_size=batch_size)
+    users, items = list(users), _listed(items)
     if len(users) != len(items):
       raise UserError(f"predict needs as many users ({len(users)}) as items "
                       f"({len(items)})")
@@ -151,7 +154,7 @@ class TrainedModel:
     that use them; None stands for the latest.
     """
     states, row, _ = self._user_states(user)
-    i = np.array([self.item_index(x) for x in items], np.int32)
+    i = np.array([self.item_index(x) for x in _listed(items)], np.int32)
     u = jnp.asarray(np.full(len(i), row, np.int32))
     t = None if times is None else jnp.asarray(times, jnp.float32)
     return _mean([_predict(s, u, jnp.asarray(i), batch_size, t)
@@ -179,7 +182,8 @@ class TrainedModel:
     scores = ranking.scorer(states, len(self.items))(np.array([row]))
     top = self._top_k(scores, [seen if exclude_seen else np.zeros(0, int)],
                       k)
-    return self._item_frame(top[1][0], score=top[0][0])
+    real = np.isfinite(top[0][0])  # fewer candidates than k: fewer rows
+    return self._item_frame(top[1][0][real], score=top[0][0][real])
 
   def recommend_many(self, users: Sequence, k: int = 10,
                      exclude_seen: bool = True) -> pd.DataFrame:
@@ -188,16 +192,20 @@ class TrainedModel:
     seen = [self._seen.get(r, np.zeros(0, int)) if exclude_seen
             else np.zeros(0, int) for r in rows]
     scores, items = self._top_k(self.scores(rows), seen, k)
-    frame = self._item_frame(items.reshape(-1), score=scores.reshape(-1))
+    real = np.isfinite(scores).reshape(-1)  # fewer candidates than k
+    frame = self._item_frame(items.reshape(-1)[real],
+                             score=scores.reshape(-1)[real])
     frame.insert(0, "rank", np.tile(np.arange(1, items.shape[1] + 1),
-                                    len(rows)))
+                                    len(rows))[real])
     frame.insert(0, "user", np.repeat(np.asarray(users, dtype=object),
-                                      items.shape[1]))
+                                      items.shape[1])[real])
     return frame
 
   def _top_k(self, scores: jax.Array, seen: list[np.ndarray], k: int):
+    """(scores, items) [users, k] of the best items not excluded; excluded
+    ones (-inf) fill the places when there are fewer than k."""
     n_items = len(self.items)
-    k = min(k, n_items - 1)
+    k = min(_positive(k, "k"), n_items - 1)
     excluded = np.zeros((len(seen), n_items), bool)
     excluded[:, 0] = True  # '#na#'
     excluded[:, self.item_counts == 0] = True  # never trained
@@ -235,6 +243,7 @@ class TrainedModel:
     least `min_ratings` times in training: cosine alone ranks barely-rated
     items, whose factors hardly moved from their random start, first."""
     index = self.item_index(item)
+    _positive(k, "k")
     table = self._table("item", "factors")
     unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True),
                               1e-12)
@@ -250,6 +259,10 @@ class TrainedModel:
     """The book's PCA of item factors over the `top` most-rated items: the
     centred factors projected on their first n principal directions."""
     table = self._table("item", "factors")
+    _positive(top, "top")
+    if not 1 <= _positive(n, "n") <= table.shape[1]:
+      raise UserError(f"pca(n={n}): the item factors have {table.shape[1]} "
+                      f"dimensions; n must lie in [1, {table.shape[1]}]")
     order = np.argsort(-self.item_counts, kind="stable")
     chosen = order[:min(top, int((self.item_counts > 0).sum()))]
     x = table[chosen] - table[chosen].mean(axis=0)
@@ -273,6 +286,7 @@ class TrainedModel:
   def ranking_metrics(self, k: int = 10, threshold: float = 4.0
                       ) -> dict[str, float]:
     """precision@k, recall@k and NDCG@k on the validation split."""
+    _positive(k, "k")
     return ranking.evaluate_ranking(ranking.scorer(self.states,
                                                    len(self.items)),
                                     self.train, self.valid,
@@ -301,7 +315,8 @@ class TrainedModel:
     pairs = list(ratings.items()) if isinstance(ratings, Mapping) else list(
         ratings or [])
     items = np.array([self.item_index(i) for i, _ in pairs], np.int32)
-    values = np.array([float(r) for _, r in pairs], np.float64)
+    values = np.array([_rating(r, i, self.specs[0].y_range)
+                       for i, r in pairs], np.float64)
     constants = {}
     vocab = self.artifact.side_vocab or {}
     if vocab.get("categories") or vocab.get("scales"):
@@ -318,6 +333,38 @@ class TrainedModel:
 def load(path: str, device=None) -> TrainedModel:
   """A model saved by train.py --workdir (pass the workdir or its model/)."""
   return TrainedModel(artifact_lib.Artifact.load(path, device))
+
+
+def _one(ids) -> bool:
+  """Whether `ids` is one id (a str is one id, not its characters)."""
+  return isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__")
+
+
+def _listed(ids) -> list:
+  return [ids] if _one(ids) else list(ids)
+
+
+def _positive(value, name: str) -> int:
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < 1):
+    raise UserError(f"{name}={value!r} must be a positive integer")
+  return int(value)
+
+
+def _rating(value, item, y_range) -> float:
+  """A rating given to fold_in: a finite number within the model's range."""
+  try:
+    rating = float(value)
+  except (TypeError, ValueError):
+    raise UserError(f"the rating of {item!r} is {value!r}, not a number"
+                    ) from None
+  if not np.isfinite(rating):
+    raise UserError(f"the rating of {item!r} is {value!r}; give a finite "
+                    "number")
+  if y_range and not y_range[0] <= rating <= y_range[1]:
+    raise UserError(f"the rating of {item!r} is {rating:g}, outside the "
+                    f"model's range [{y_range[0]:g}, {y_range[1]:g}]")
+  return rating
 
 
 def _coerce(value, classes: np.ndarray):

@@ -2,6 +2,7 @@
 neighbours, biases, PCA, folding in new users, ranking metrics, inspect."""
 
 import json
+import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -390,3 +391,37 @@ def test_blocked_ranking_equals_the_dense_one(block):
   assert got["ranked_users"] == want["ranked_users"] > 0
   for name in ("precision@5", "recall@5", "ndcg@5"):
     assert got[name] == pytest.approx(want[name], rel=1e-6)
+
+
+def test_the_api_checks_what_it_is_given(tiny):
+  """A str is one id, k and n must make sense, fold-in ratings must be
+  finite numbers in the model's range; k beyond the candidates gives fewer
+  rows, never '#na#' or seen items."""
+  model, _, _ = tiny
+  user = model.users.decode([3])[0]
+  items = list(model.items.decode([1, 3, 4]))
+  one = model.predict(str(user), items)  # one user (its id as text)
+  np.testing.assert_allclose(one, model.predict([user] * 3, items))
+  folded = model.fold_in({items[0]: 4.0})
+  np.testing.assert_allclose(model.predict(folded, items),
+                             model.predict_for(folded, items))
+  everything = model.recommend(user, k=10_000)
+  seen = set(model.items.decode(model._seen[3]))  # pylint: disable=protected-access
+  assert "#na#" not in set(everything["item"])
+  assert not seen & set(everything["item"])
+  assert np.isfinite(everything["score"]).all()
+  assert len(everything) == (model.item_counts[1:] > 0).sum() - len(seen)
+  many = model.recommend_many([user], k=10_000)
+  assert list(many["item"]) == list(everything["item"])
+  for call, message in (
+      (lambda: model.recommend(user, k=-1), "k=-1 must be a positive"),
+      (lambda: model.recommend(user, k=0), "k=0 must be a positive"),
+      (lambda: model.ranking_metrics(k=0), "k=0 must be a positive"),
+      (lambda: model.similar_items(items[0], k=0), "k=0"),
+      (lambda: model.pca(n=100), "pca(n=100): the item factors have 4"),
+      (lambda: model.fold_in({items[0]: float("nan")}), "finite number"),
+      (lambda: model.fold_in({items[0]: "five"}), "not a number"),
+      (lambda: model.fold_in({items[0]: 9.0}), "outside the model's range"),
+  ):
+    with pytest.raises(UserError, match=re.escape(message)):
+      call()
