@@ -30,15 +30,16 @@ import numpy as np
 import pandas as pd
 
 from jaxcf import artifact as artifact_lib
-from jaxcf import foldin, ranking, steps
+from jaxcf import foldin, interpret, ranking, steps
 from jaxcf import features as side_features
 from jaxcf.data import CollabData, Vocab
 from jaxcf.errors import UserError
 from jaxcf.foldin import FoldedUser  # pylint: disable=unused-import
 
 
-class TrainedModel:
-  """An `artifact.Artifact` with lookups by id, predictions and more."""
+class TrainedModel(interpret.Interpretation):
+  """An `artifact.Artifact` with lookups by id, predictions and more (its
+  interpretation: `jaxcf.interpret`)."""
 
   def __init__(self, saved: artifact_lib.Artifact):
     self.artifact = saved
@@ -205,7 +206,7 @@ class TrainedModel:
     """(scores, items) [users, k] of the best items not excluded; excluded
     ones (-inf) fill the places when there are fewer than k."""
     n_items = len(self.items)
-    k = min(_positive(k, "k"), n_items - 1)
+    k = min(interpret.positive(k, "k"), n_items - 1)
     excluded = np.zeros((len(seen), n_items), bool)
     excluded[:, 0] = True  # '#na#'
     excluded[:, self.item_counts == 0] = True  # never trained
@@ -214,79 +215,12 @@ class TrainedModel:
     top_scores, top_items = _top_k_items(scores, jnp.asarray(excluded), k)
     return np.asarray(top_scores), np.asarray(top_items)
 
-  # Interpretation (the first member's) ---------------------------------------
-
-  def factors(self, kind: str = "item") -> pd.DataFrame:
-    """The factor (embedding) matrix of items or users, a row per id."""
-    table = self._table(kind, "factors")
-    vocab = self.items if kind == "item" else self.users
-    return pd.DataFrame(table[1:], index=vocab.classes)
-
-  def biases(self, kind: str = "item") -> pd.DataFrame:
-    """Learnt biases of trained items (or users), from the lowest up."""
-    bias = self._table(kind, "bias")[:, 0]
-    counts = (self.item_counts if kind == "item" else
-              np.bincount(np.asarray(self.train.users),
-                          minlength=len(self.users)))
-    keep = np.nonzero(counts > 0)[0]
-    keep = keep[keep > 0]
-    if kind == "item":
-      frame = self._item_frame(keep, bias=bias[keep], n_ratings=counts[keep])
-    else:
-      frame = pd.DataFrame({"user": self.users.decode(keep),
-                            "bias": bias[keep], "n_ratings": counts[keep]})
-    return frame.sort_values("bias", kind="stable").reset_index(drop=True)
-
-  def similar_items(self, item, k: int = 10, min_ratings: int = 10
-                    ) -> pd.DataFrame:
-    """Items whose factors point the same way (cosine), among items rated at
-    least `min_ratings` times in training: cosine alone ranks barely-rated
-    items, whose factors hardly moved from their random start, first."""
-    index = self.item_index(item)
-    _positive(k, "k")
-    table = self._table("item", "factors")
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True),
-                              1e-12)
-    cosine = unit @ unit[index]
-    eligible = self.item_counts >= max(1, min_ratings)
-    eligible[[0, index]] = False
-    order = np.argsort(-np.where(eligible, cosine, -np.inf), kind="stable")
-    top = order[:min(k, int(eligible.sum()))]
-    return self._item_frame(top, similarity=cosine[top],
-                            n_ratings=self.item_counts[top])
-
-  def pca(self, n: int = 3, top: int = 1000) -> pd.DataFrame:
-    """The book's PCA of item factors over the `top` most-rated items: the
-    centred factors projected on their first n principal directions."""
-    table = self._table("item", "factors")
-    _positive(top, "top")
-    if not 1 <= _positive(n, "n") <= table.shape[1]:
-      raise UserError(f"pca(n={n}): the item factors have {table.shape[1]} "
-                      f"dimensions; n must lie in [1, {table.shape[1]}]")
-    order = np.argsort(-self.item_counts, kind="stable")
-    chosen = order[:min(top, int((self.item_counts > 0).sum()))]
-    x = table[chosen] - table[chosen].mean(axis=0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    proj = x @ vt[:n].T
-    return self._item_frame(chosen, n_ratings=self.item_counts[chosen],
-                            **{f"pc{j + 1}": proj[:, j] for j in range(n)})
-
-  def _table(self, kind: str, what: str) -> np.ndarray:
-    if kind not in ("item", "user"):
-      raise UserError(f"kind must be 'item' or 'user', not {kind!r}")
-    name = f"{kind}_{what}"
-    spec = self.specs[0]
-    if spec.family.tables.get(name) != f"{kind}s":
-      raise UserError(f"model {spec.model} has no {kind} {what}")
-    # float32 whatever the stored dtype: numpy and pandas know no bfloat16.
-    return np.asarray(self.state.params[name]["embedding"], np.float32)
-
   # Ranking quality -----------------------------------------------------------
 
   def ranking_metrics(self, k: int = 10, threshold: float = 4.0
                       ) -> dict[str, float]:
     """precision@k, recall@k and NDCG@k on the validation split."""
-    _positive(k, "k")
+    interpret.positive(k, "k")
     return ranking.evaluate_ranking(ranking.scorer(self.states,
                                                    len(self.items)),
                                     self.train, self.valid,
@@ -342,13 +276,6 @@ def _one(ids) -> bool:
 
 def _listed(ids) -> list:
   return [ids] if _one(ids) else list(ids)
-
-
-def _positive(value, name: str) -> int:
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < 1):
-    raise UserError(f"{name}={value!r} must be a positive integer")
-  return int(value)
 
 
 def _rating(value, item, y_range) -> float:
