@@ -38,7 +38,7 @@ def main(flag_values: flags.FlagValues) -> None:
 if __name__ == "__main__":
   cliconfig.define(flags.FLAGS)
   code = cli.main(sys.argv, main, flags.FLAGS)
-  if jax.process_count() == 1:
+  if not jax.distributed.is_initialized():
     # Every file is written and closed: skip the interpreter's teardown of
     # JAX and its threads (~0.4 s). Several processes shut down together.
     sys.stdout.flush()

@@ -15,6 +15,7 @@ resumes it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -161,90 +162,95 @@ def run_single(config: config_lib.RunConfig, replica, data,
                          train_config.div, train_config.div_final,
                          train_config.moms)
 
-  def on_epoch(row):
-    metrics.write(row)
+  # The events reach their file on close, whichever way the run ends (the
+  # command skips the interpreter's exit handlers).
+  with contextlib.ExitStack() as closing:
     if board:
-      board.epoch(row)
+      closing.callback(board.close)
 
-  checkpoints = _checkpoints(config, data) if o.workdir else None
-  with outputs.StopOnSignal() as stop:
-    result = training.fit(
-        model, data, train_config, on_epoch=on_epoch,
-        on_losses=board.losses if board else None, checkpoints=checkpoints,
-        checkpoint_every=o.checkpoint_every,
-        chunk_steps=o.checkpoint_steps or None,
-        stop_requested=lambda: distributed.any_process(stop.requested()),
-        mesh=mesh, shard_data=h.shard_data,
-        log=log if distributed.is_leader() else None)
-  if checkpoints:
-    checkpoints.close()
-  if result.stopped:
-    where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
-             "command to continue" if checkpoints else "nothing was saved "
-             "(no --workdir)")
-    # With several processes, one signalled process stops them all.
-    name = stop.name or "a signal to another process"
-    raise outputs.Stopped(f"stopped by {name}; {where}",
-                          stop.signum or signal.SIGTERM)
-  state = result.state
-  if jax.process_count() > 1:  # gathered, for this process's devices alone
-    state = state.replace(params=distributed.to_host(state.params),
-                          model_state=distributed.to_host(state.model_state),
-                          opt_state=None, rng=None)
-  final = result.history[-1]
-  speed = (f"{result.samples_per_second:,.0f} training samples/s"
-           if result.train_seconds else "the run was already complete")
-  log(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
-      f"{final['valid_rmse']:.4f}); {speed}, compile "
-      f"{result.compile_seconds:.1f}s")
-  for name, seconds in (("setup", result.setup_seconds),
-                        ("compile", result.compile_seconds),
-                        ("train", result.train_seconds),
-                        ("evaluation", result.eval_seconds)):
-    phases.add(name, seconds)
-  with phases.timed("ranking"):
-    top = ranking.evaluate_ranking(state, data.train, data.valid,
-                                   data.n_items, log=log)
-  log(outputs.ranking_line(top))
-  summary = {
-      "final": final, "ranking": top,
-      "best_valid_loss": min(h["valid_loss"] for h in result.history),
-      "n_params": models.count_params(model),
-      "compile_seconds": result.compile_seconds,
-      "train_seconds": result.train_seconds,
-      "train_samples_per_second": result.samples_per_second,
-      **outputs.context(data, config),
-  }
-  if not out:
-    return _finish(summary, phases, log)
-  with phases.timed("save"):
-    outputs.write_json(os.path.join(out, "config.json"), config.to_json())
-    saved = None
-    if config.data.dataset != "synthetic":  # no ids or titles worth a model
-      saved = trained.TrainedModel.from_training(
-          replica, state.params, state.model_state, data,
-          info={"summary": summary})
-      saved.save(os.path.join(out, "model"))
-  summary = _finish(summary, phases, log)
-  outputs.write_json(os.path.join(out, "summary.json"), summary)
-  log(f"wrote {metrics.path}, summary.json" + (" and model/" if saved else
-                                                ""))
-  if saved is None:
+    def on_epoch(row):
+      metrics.write(row)
+      if board:
+        board.epoch(row)
+
+    checkpoints = _checkpoints(config, data) if o.workdir else None
+    if checkpoints:
+      closing.callback(checkpoints.close)
+    with outputs.StopOnSignal() as stop:
+      result = training.fit(
+          model, data, train_config, on_epoch=on_epoch,
+          on_losses=board.losses if board else None, checkpoints=checkpoints,
+          checkpoint_every=o.checkpoint_every,
+          chunk_steps=o.checkpoint_steps or None,
+          stop_requested=lambda: distributed.any_process(stop.requested()),
+          mesh=mesh, shard_data=h.shard_data,
+          log=log if distributed.is_leader() else None)
+    if result.stopped:
+      where = (f"a checkpoint is in {checkpoints.directory}; rerun the same "
+               "command to continue" if checkpoints else "nothing was saved "
+               "(no --workdir)")
+      # With several processes, one signalled process stops them all.
+      name = stop.name or "a signal to another process"
+      raise outputs.Stopped(f"stopped by {name}; {where}",
+                            stop.signum or signal.SIGTERM)
+    state = result.state
+    if jax.process_count() > 1:  # gathered, for this process's devices alone
+      state = state.replace(params=distributed.to_host(state.params),
+                            model_state=distributed.to_host(state.model_state),
+                            opt_state=None, rng=None)
+    final = result.history[-1]
+    speed = (f"{result.samples_per_second:,.0f} training samples/s"
+             if result.train_seconds else "the run was already complete")
+    log(f"final valid MSE {final['valid_loss']:.4f} (RMSE "
+        f"{final['valid_rmse']:.4f}); {speed}, compile "
+        f"{result.compile_seconds:.1f}s")
+    for name, seconds in (("setup", result.setup_seconds),
+                          ("compile", result.compile_seconds),
+                          ("train", result.train_seconds),
+                          ("evaluation", result.eval_seconds)):
+      phases.add(name, seconds)
+    with phases.timed("ranking"):
+      top = ranking.evaluate_ranking(state, data.train, data.valid,
+                                     data.n_items, log=log)
+    log(outputs.ranking_line(top))
+    summary = {
+        "final": final, "ranking": top,
+        "best_valid_loss": min(h["valid_loss"] for h in result.history),
+        "n_params": models.count_params(model),
+        "compile_seconds": result.compile_seconds,
+        "train_seconds": result.train_seconds,
+        "train_samples_per_second": result.samples_per_second,
+        **outputs.context(data, config),
+    }
+    if not out:
+      return _finish(summary, phases, log)
+    with phases.timed("save"):
+      outputs.write_json(os.path.join(out, "config.json"), config.to_json())
+      saved = None
+      if config.data.dataset != "synthetic":  # no ids or titles worth a model
+        saved = trained.TrainedModel.from_training(
+            replica, state.params, state.model_state, data,
+            info={"summary": summary})
+        saved.save(os.path.join(out, "model"))
+    summary = _finish(summary, phases, log)
+    outputs.write_json(os.path.join(out, "summary.json"), summary)
+    log(f"wrote {metrics.path}, summary.json" + (" and model/" if saved else
+                                                  ""))
+    if saved is None:
+      return summary
+    if board:
+      if "item_factors" in saved.state.params:
+        labels = (saved.titles if saved.titles is not None
+                  else saved.items.decode(range(len(saved.items))))
+        board.embedding(saved.state.params["item_factors"]["embedding"],
+                        labels, "item_factors")
+      log(f"wrote TensorBoard events: tensorboard --logdir="
+          f"{os.path.join(out, 'tensorboard')}")
+    if o.plot:
+      path = os.path.join(out, "loss.png")
+      plots.loss_plot(result.history, path)
+      log(f"wrote {path}")
     return summary
-  if board:
-    if "item_factors" in saved.state.params:
-      labels = (saved.titles if saved.titles is not None
-                else saved.items.decode(range(len(saved.items))))
-      board.embedding(saved.state.params["item_factors"]["embedding"],
-                      labels, "item_factors")
-    board.close()
-    log(f"wrote TensorBoard events: tensorboard --logdir="
-        f"{os.path.join(out, 'tensorboard')}")
-  if o.plot:
-    path = os.path.join(out, "loss.png")
-    plots.loss_plot(result.history, path)
-    log(f"wrote {path}")
-  return summary
 
 
 def _finish(summary: dict, phases: outputs.Phases, log) -> dict:

@@ -98,8 +98,8 @@ class MeanScores:
   def __call__(self, variables: tuple, users: jax.Array) -> jax.Array:
     out = []
     for (fn, module, n_items), v in zip(self.models, variables):
-      if fn is not None:
-        out.append(fn(v, module, users))
+      if fn is not None:  # tables padded for a mesh have extra rows
+        out.append(fn(v, module, users)[:, :n_items])
       else:
         state = steps.TrainState(step=0, params=v["params"], model_state={
             k: x for k, x in v.items() if k != "params"}, opt_state=None,

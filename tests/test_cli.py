@@ -383,3 +383,14 @@ def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path, capsys):
   assert "side information: user, item, time" in capsys.readouterr().out
   assert inspect.main([f"--workdir={workdir}", "--user=2", "--k=3"]) == 0
   assert "top 3 for user 2" in capsys.readouterr().out
+
+
+def test_tensorboard_events_are_whole_when_no_model_is_saved(tmp_path):
+  """A synthetic run saves no model/; its events still reach their file."""
+  pytest.importorskip("tensorboardX")
+  workdir = tmp_path / "tb"
+  assert train_cli("--dataset=synthetic", "--n_users=200", "--n_items=100",
+                   "--n_ratings=5000", "--epochs=2", "--bs=64",
+                   f"--workdir={workdir}", "--tensorboard") == 0
+  tags = _event_tags(workdir / "tensorboard")
+  assert tags["valid/mse"] == 2 and tags["train/loss"] >= 2
