@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -26,13 +26,11 @@ from jaxcf import (hooks, loop, models, optim, placement, rowkernels,
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 # The functional core, re-exported: most callers want it with `fit`.
-from jaxcf.steps import (SAMPLINGS, TrainState, create_train_state,  # pylint: disable=unused-import
-                         epoch_batches, error_metrics, evaluate, predict,
-                         predict_all, train_epoch, train_step)
-from jaxcf.hooks import Diverged  # pylint: disable=unused-import
+from jaxcf.steps import (TrainState, create_train_state, epoch_batches,  # pylint: disable=unused-import
+                         evaluate, predict, predict_all, train_epoch,
+                         train_step)
 from jaxcf.loop import smooth_losses  # pylint: disable=unused-import
-from jaxcf.placement import (available_bytes, check_memory,  # pylint: disable=unused-import
-                             train_bytes)
+from jaxcf.placement import train_bytes  # pylint: disable=unused-import
 
 
 @dataclasses.dataclass(frozen=True)

@@ -375,7 +375,6 @@ def test_tensorboard_events_and_loss_plot(tiny_ml, tmp_path):
 
 def test_side_nn_trains_and_is_inspected(tiny_ml, tmp_path, capsys):
   from jaxcf import inspect
-  from absl import flags
   workdir = tmp_path / "side"
   assert train_cli(f"--data_dir={tiny_ml}", "--epochs=2", "--bs=16",
                    "--model=side_nn", "--layers=8", "--id_dropout=0.1",
