@@ -153,7 +153,8 @@ class Artifact:
     if fmt != FORMAT:  # one member, at the top level
       like = {**like_members[0], "train": like["train"],
               "valid": like["valid"]}
-    arrays = checkpoint.restore(path, like, device)
+    arrays = checkpoint.restore(path, like, device,
+                                meta.get(checkpoint.CHECKSUMS))
     if fmt != FORMAT:
       arrays["members"] = [{"params": arrays.pop("params"),
                             "model_state": arrays.pop("model_state")}]

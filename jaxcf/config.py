@@ -87,15 +87,16 @@ class RunConfig:
   def fingerprint(self, data_hash: str | None = None) -> dict:
     """What a resumed run must share with the run it continues: every field
     that changes the result, and the data's content hash."""
-    out = {}
-    resolved = self.resolved()
-    for section in SECTIONS:
-      values = getattr(resolved, section)
-      for f in dataclasses.fields(values):
-        if f.metadata["affects_result"]:
-          out[f.name] = json.loads(json.dumps(getattr(values, f.name)))
-    out["data_hash"] = data_hash
-    return out
+    return {**fingerprint_of(self.to_json()), "data_hash": data_hash}
+
+
+def fingerprint_of(config_json: dict) -> dict:
+  """The fingerprint (without the data hash) of a config as config.json
+  holds it (`RunConfig.to_json`)."""
+  return {f.name: config_json.get(section, {}).get(f.name)
+          for section in SECTIONS
+          for f in dataclasses.fields(_SECTION_TYPES[section])
+          if f.metadata["affects_result"]}
 
 
 _SECTION_TYPES = {"data": Data, "model": Model, "train": Train,

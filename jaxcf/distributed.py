@@ -87,3 +87,17 @@ def check_same(text: str, what: str) -> None:
   if not (every == data).all():
     raise UserError(f"every process needs the same {what} (a folder they "
                     f"all see); process {jax.process_index()} has {text}")
+
+
+def on_leader(fn):
+  """fn() on process 0 (None elsewhere); a UserError it raises is raised in
+  every process (a collective: every process must call it)."""
+  result, error = None, ""
+  if is_leader():
+    try:
+      result = fn()
+    except UserError as e:
+      error = str(e)
+  if any_process(bool(error)):
+    raise UserError(error or "process 0 refused the run (see its output)")
+  return result

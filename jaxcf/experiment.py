@@ -18,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 
 import jax
 
 from jaxcf import (compilecache, config as config_lib, datasets, distributed,
-                   features, io, models, outputs, plots, ranking, resume,
-                   sharding, sweep, synthetic, tblog, trained, training)
+                   features, io, models, outputs, placement, plots, ranking,
+                   resume,
+                   sharding, sweep, synthetic, tblog, trained, training,
+                   workdir as workdir_lib)
 from jaxcf.errors import UserError
 
 
@@ -84,13 +85,37 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
   if not single:
     _check_sweep(config)
   phases = outputs.Phases(since_process_start=command)
-  with phases.timed("read"):
-    data = load_data(config, log)
-  if single:
-    summary = run_single(config, replicas[0], data, phases, log)
-    distributed.barrier("finished")  # the others wait while 0 writes
-    return summary
-  return run_sweep(config, replicas, data, phases, log)
+  with contextlib.ExitStack() as closing:
+    workdir = None
+    if config.output.workdir:  # locked before anything is read
+      workdir = distributed.on_leader(
+          lambda: workdir_lib.Workdir.open(config.output.workdir, log))
+      if workdir:
+        closing.callback(workdir.close)
+    with phases.timed("read"):
+      try:
+        data = load_data(config, log)
+      except OSError as e:  # unreadable input: permissions, I/O errors
+        raise UserError(f"cannot read {e.filename or 'the data'}: "
+                        f"{e.strerror or e}") from None
+    # Synthetic data is a function of its config; files need their content.
+    fingerprint = config.fingerprint(
+        None if config.data.dataset == "synthetic" else data.content_hash())
+    if replicas[0].family.trainer == "batches":  # before a --restart moves
+      placement.steps_per_epoch(data.train.size, config.train.bs, None)
+    if config.output.workdir:
+      n = len(replicas)
+      what = ("a single run" if single else
+              f"a sweep of {n} replica{'s' if n > 1 else ''}")
+      distributed.on_leader(lambda: workdir.claim(
+          "single" if single else "sweep", fingerprint,
+          config.output.restart, what))
+    if single:
+      summary = run_single(config, replicas[0], data, phases, workdir,
+                           fingerprint, log)
+      distributed.barrier("finished")  # the others wait while 0 writes
+      return summary
+    return run_sweep(config, replicas, data, phases, workdir, log)
 
 
 def _join_processes(config: config_lib.RunConfig) -> None:
@@ -128,23 +153,12 @@ def _check_sweep(config: config_lib.RunConfig) -> None:
                     "for sweeps")
 
 
-def _checkpoints(config: config_lib.RunConfig, data):
-  """The run's checkpoints in workdir (every process writes its shards),
-  fingerprinted by the config and the data's content."""
-  directory = os.path.join(config.output.workdir, "checkpoints")
-  if config.output.restart and distributed.is_leader():
-    shutil.rmtree(directory, ignore_errors=True)
-  distributed.barrier("restart")
-  # Synthetic data is a function of its config; files need their content.
-  content = (None if config.data.dataset == "synthetic"
-             else data.content_hash())
-  return resume.RunCheckpoints(directory, config.fingerprint(content),
-                               keep=config.output.keep_checkpoints)
-
-
 def run_single(config: config_lib.RunConfig, replica, data,
-               phases: outputs.Phases, log=print) -> dict:
-  """One model: fit, ranking, summary.json and model/ in the workdir."""
+               phases: outputs.Phases, workdir: workdir_lib.Workdir | None,
+               fingerprint: dict, log=print) -> dict:
+  """One model: fit, ranking, summary.json and model/ in the workdir
+  (claimed; None in the other processes of a multi-host run, which write
+  only their checkpoint shards)."""
   h, o = config.hosts, config.output
   mesh = sharding.make_mesh(h.mesh) if h.mesh else None
   model = replica.create_model(data, mesh)
@@ -152,7 +166,7 @@ def run_single(config: config_lib.RunConfig, replica, data,
   device = jax.devices()[0]
   log(f"model {replica.model}: {models.count_params(model):,} parameters; "
       f"device {device.platform} ({device.device_kind})")
-  out = o.workdir if distributed.is_leader() else None
+  out = workdir.path if workdir else None
   metrics = outputs.Metrics(out)
   board = None
   if o.tensorboard and out:
@@ -173,7 +187,11 @@ def run_single(config: config_lib.RunConfig, replica, data,
       if board:
         board.epoch(row)
 
-    checkpoints = _checkpoints(config, data) if o.workdir else None
+    checkpoints = None
+    if o.workdir:  # every process writes its shards
+      checkpoints = resume.RunCheckpoints(
+          os.path.join(o.workdir, "checkpoints"), fingerprint,
+          keep=o.keep_checkpoints, log=log if workdir else None)
     if checkpoints:
       closing.callback(checkpoints.close)
     with outputs.StopOnSignal() as stop:
@@ -225,15 +243,15 @@ def run_single(config: config_lib.RunConfig, replica, data,
     if not out:
       return _finish(summary, phases, log)
     with phases.timed("save"):
-      outputs.write_json(os.path.join(out, "config.json"), config.to_json())
       saved = None
       if config.data.dataset != "synthetic":  # no ids or titles worth a model
         saved = trained.TrainedModel.from_training(
             replica, state.params, state.model_state, data,
             info={"summary": summary})
-        saved.save(os.path.join(out, "model"))
+        workdir.replace_dir("model", saved.save)
+      workdir.write_json("config.json", config.to_json())
     summary = _finish(summary, phases, log)
-    outputs.write_json(os.path.join(out, "summary.json"), summary)
+    workdir.write_json("summary.json", summary)
     log(f"wrote {metrics.path}, summary.json" + (" and model/" if saved else
                                                   ""))
     if saved is None:
@@ -247,9 +265,9 @@ def run_single(config: config_lib.RunConfig, replica, data,
       log(f"wrote TensorBoard events: tensorboard --logdir="
           f"{os.path.join(out, 'tensorboard')}")
     if o.plot:
-      path = os.path.join(out, "loss.png")
-      plots.loss_plot(result.history, path)
-      log(f"wrote {path}")
+      workdir.write_file("loss.png",
+                         lambda f: plots.loss_plot(result.history, f))
+      log(f"wrote {workdir.join('loss.png')}")
     return summary
 
 
@@ -260,9 +278,11 @@ def _finish(summary: dict, phases: outputs.Phases, log) -> dict:
 
 
 def run_sweep(config: config_lib.RunConfig, replicas, data,
-              phases: outputs.Phases, log=print) -> dict:
+              phases: outputs.Phases, workdir: workdir_lib.Workdir | None,
+              log=print) -> dict:
   """Many replicas: a ranking, the ensemble, sweep.json and model/ (the
-  best replica, or the ensemble with --ensemble) in the workdir."""
+  best replica, or the ensemble with --ensemble) in the workdir
+  (claimed)."""
   o = config.output
   hparams = [r.hparams() for r in replicas]
   swept = [k for k in hparams[0]
@@ -271,7 +291,7 @@ def run_sweep(config: config_lib.RunConfig, replicas, data,
   log(f"sweep of {len(replicas)} replicas over {', '.join(swept) or 'nothing'}"
       + (f", {config.train.epochs} full-batch epochs" if full_batch else "")
       + f"; device {jax.devices()[0].platform}")
-  metrics = outputs.Metrics(o.workdir)
+  metrics = outputs.Metrics(workdir.path if workdir else None)
   result = sweep.train_sweep(
       replicas, data, config.train_config(), chunk=o.chunk or None,
       ensemble_top=o.ensemble_top if o.ensemble else None, log=log,
@@ -300,25 +320,24 @@ def run_sweep(config: config_lib.RunConfig, replicas, data,
   }
   phases.add("compile", result.compile_seconds)
   phases.add("train", result.train_seconds)
-  if not o.workdir:
+  if not workdir:
     return _finish(summary, phases, log)
   with phases.timed("save"):
-    outputs.write_json(os.path.join(o.workdir, "config.json"),
-                       config.to_json())
     members = ([i for i in order if i in result.ensemble["members"]]
                if result.ensemble else order[:1])
     chosen = [result.results[i] for i in members]
     saved = trained.TrainedModel.from_members(
         [(r.replica, r.params, r.model_state) for r in chosen], data,
         info={"best_replica": ranked[0], "ensemble": result.ensemble})
-    saved.save(os.path.join(o.workdir, "model"))
+    workdir.replace_dir("model", saved.save)
+    workdir.write_json("config.json", config.to_json())
   summary = _finish(summary, phases, log)
-  outputs.write_json(os.path.join(o.workdir, "sweep.json"), summary)
+  workdir.write_json("sweep.json", summary)
   what = (f"the ensemble of {len(chosen)}" if result.ensemble
           else "the best replica")
   log(f"wrote {metrics.path}, sweep.json and model/ ({what})")
   if o.plot:
-    path = os.path.join(o.workdir, "sweep.png")
-    plots.sweep_plot(result, swept, path)
-    log(f"wrote {path}")
+    workdir.write_file("sweep.png",
+                       lambda f: plots.sweep_plot(result, swept, f))
+    log(f"wrote {workdir.join('sweep.png')}")
   return summary

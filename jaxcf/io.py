@@ -53,6 +53,9 @@ def _check_file(path: str, what: str) -> None:
     raise UserError(f"{what} not found: {path}")
   if not os.path.isfile(path):
     raise UserError(f"{what} is not a file: {path}")
+  if not os.access(path, os.R_OK):
+    raise UserError(f"{what} cannot be read (permission denied): {path}; "
+                    "make it readable (chmod +r) or copy it")
 
 
 def _encoding(path: str, encoding: str | None) -> str:

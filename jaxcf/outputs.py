@@ -11,16 +11,7 @@ import sys
 import time
 
 from jaxcf import runinfo
-from jaxcf.errors import UserError
-
-
-def write_json(path: str, obj) -> None:
-  """Writes JSON beside `path` and renames it into place (atomic)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+from jaxcf.errors import UserError, saving
 
 
 class Metrics:
@@ -28,7 +19,8 @@ class Metrics:
 
   The file is started afresh at the first line, not before: a run refused
   before training (other settings in its checkpoints) leaves it alone. A
-  resumed run writes the restored rows again first.
+  resumed run writes the restored rows again first. Each line is appended
+  whole and made durable (fsync) before the run goes on.
   """
 
   def __init__(self, workdir: str | None):
@@ -41,10 +33,14 @@ class Metrics:
       self.path = os.path.join(workdir, "metrics.jsonl")
 
   def write(self, row: dict) -> None:
-    if self.path:
+    if not self.path:
+      return
+    with saving(self.path, "every line written before is intact"):
       with open(self.path, "a" if self.started else "w") as f:
         f.write(json.dumps(row) + "\n")
-      self.started = True
+        f.flush()
+        os.fsync(f.fileno())
+    self.started = True
 
 
 def context(data, config) -> dict:

@@ -57,7 +57,7 @@ def sweep_plot(result, swept: list[str], path: str) -> None:
   curves.set_ylabel("valid MSE")
   curves.set_title(f"{len(result.results)} replicas")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, format="png")
   plt.close(fig)
 
 
@@ -91,7 +91,7 @@ def loss_plot(history: list[dict], path: str) -> None:
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, format="png")
   plt.close(fig)
 
 

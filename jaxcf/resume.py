@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxcf.errors import UserError
+from jaxcf import checkpoint, distributed
+from jaxcf.errors import UserError, saving
 
 
 def _arrays(state) -> dict:
@@ -29,39 +30,83 @@ def _arrays(state) -> dict:
           "rng": jax.random.key_data(state.rng)}
 
 
+class _Damaged(Exception):
+  """A checkpoint that cannot be read back as written."""
+
+
 class RunCheckpoints:
   """Epoch checkpoints of one run in `directory`.
 
   fingerprint: what must not change between a run and its resumption (the
   model, data and training settings); a mismatch is refused.
+  log: where the notice of a damaged checkpoint, skipped, goes.
   """
 
-  def __init__(self, directory: str, fingerprint: dict, keep: int = 2):
+  def __init__(self, directory: str, fingerprint: dict, keep: int = 2,
+               log=print):
     self.directory = os.path.abspath(directory)
     self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    self.log = log or (lambda _: None)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+            max_to_keep=keep, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True))
 
   def save(self, index: int, state, meta: dict) -> None:
     """Checkpoint number `index` (increasing: the global step); meta must be
-    JSON (history, position in the epoch...)."""
-    self.manager.save(index, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_arrays(state)),
-        meta=ocp.args.JsonSave({"fingerprint": self.fingerprint, **meta})))
-    self.manager.wait_until_finished()
+    JSON (history, position in the epoch...). It records the checksums of
+    the arrays and of itself."""
+    arrays = _arrays(state)
+    meta = checkpoint.with_checksums(
+        arrays, {"fingerprint": self.fingerprint, **meta})
+    with saving(os.path.join(self.directory, str(index)),
+                "the earlier checkpoints are intact: rerun the same command "
+                "once there is room to resume from the latest"), \
+         checkpoint.quiet():
+      self.manager.save(index, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(arrays),
+          meta=ocp.args.JsonSave(meta)))
+      self.manager.wait_until_finished()
 
   def restore(self, like) -> tuple[Any, int, dict] | None:
-    """(state, index, meta) of the latest checkpoint, or None if none.
+    """(state, index, meta) of the latest intact checkpoint, or None if
+    there is none. A damaged one (unreadable, or bytes that differ from
+    their checksums) is moved to `<directory>-damaged/` and the next older
+    one tried; if every one is damaged, a UserError.
 
     like: a freshly initialised state of the same run (gives the shapes and
     the static parts).
     """
-    index = self.manager.latest_step()
-    if index is None:
-      return None
-    meta = self.manager.restore(index, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+    skipped = []
+    for index in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, meta = self._restore(index, like)
+      except _Damaged as e:
+        skipped.append((index, str(e)))
+        continue
+      for bad, why in skipped:
+        self.log(f"checkpoint {bad} is damaged ({why}); moved it to "
+                 f"{self._set_aside(bad)}; resuming from checkpoint {index}")
+      if skipped:
+        self.manager.reload()
+      return state, index, meta
+    if skipped:
+      raise UserError(
+          f"every checkpoint in {self.directory} is damaged (checkpoint "
+          f"{skipped[0][0]}: {skipped[0][1]}); --restart moves them aside "
+          "and starts over")
+    return None
+
+  def _restore(self, index: int, like) -> tuple[Any, dict]:
+    """Checkpoint `index`'s state and meta; _Damaged if it cannot be read
+    back as written, a UserError if it belongs to another run."""
+    try:
+      with checkpoint.quiet(reported=True):
+        meta = self.manager.restore(index, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+      meta, expected = checkpoint.verify_meta(meta, "it")
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damaged(_why(e)) from None
     if "step" not in meta:  # the layout before `loop.Progress`
       raise UserError(
           f"{self.directory} holds checkpoints an older jaxcf wrote, in "
@@ -77,17 +122,37 @@ class RunCheckpoints:
           "--restart to start over")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(like))
     try:
-      arrays = self.manager.restore(index, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
-    except Exception as e:  # a damaged or foreign checkpoint
-      raise UserError(f"{self.directory}: checkpoint {index} "
-                      f"cannot be read ({type(e).__name__}); --restart "
-                      "starts over") from None
+      with checkpoint.quiet(reported=True):
+        arrays = self.manager.restore(index, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+      checkpoint.verify_arrays(arrays, expected, "it")
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damaged(_why(e)) from None
     state = like.replace(step=arrays["step"], params=arrays["params"],
                          model_state=arrays["model_state"],
                          opt_state=arrays["opt_state"],
                          rng=jax.random.wrap_key_data(arrays["rng"]))
-    return state, index, meta
+    return state, meta
+
+  def _set_aside(self, index: int) -> str:
+    """Moves checkpoint `index` out of the manager's sight (kept, not
+    deleted); returns where it went."""
+    source = os.path.join(self.directory, str(index))
+    target = os.path.join(self.directory + "-damaged", str(index))
+    if not distributed.is_leader() or not os.path.isdir(source):
+      return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    while os.path.exists(target):
+      target += "+"
+    os.rename(source, target)
+    return target
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _why(e: Exception) -> str:
+  """An exception as a short reason."""
+  if isinstance(e, UserError):
+    return str(e).removeprefix("it is damaged: ")
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"

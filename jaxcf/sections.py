@@ -243,8 +243,9 @@ class Output:
                                 "epochs; 0: at epoch ends only).",
                                 affects_result=False)
   keep_checkpoints: int = field(2, "Checkpoints kept.", affects_result=False)
-  restart: bool = field(False, "Ignore checkpoints in --workdir and start "
-                        "over.", affects_result=False)
+  restart: bool = field(False, "Move what --workdir holds (another run, "
+                        "or this one's checkpoints) to WORKDIR/previous-N "
+                        "and start over.", affects_result=False)
   plot: bool = field(False, "With --workdir: draw loss.png, or sweep.png for"
                      " a sweep (needs matplotlib).", affects_result=False)
   tensorboard: bool = field(False, "With --workdir (one run): write "

@@ -150,10 +150,13 @@ def test_changed_settings_are_refused_or_restarted(folder, tmp_path, capsys):
   before = (tmp_path / "metrics.jsonl").read_text()
   capsys.readouterr()
   assert train_cli(*short, "--wd=0.3") == 2
-  assert "other settings (wd differ)" in capsys.readouterr().err
+  assert "other settings (--wd 0.1 there, 0.3 now)" in capsys.readouterr().err
   assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
   assert train_cli(*short, "--wd=0.3", "--restart") == 0
-  assert "resuming" not in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "resuming" not in out
+  assert f"moved the earlier run to {tmp_path / 'previous-1'}" in out
+  assert (tmp_path / "previous-1" / "metrics.jsonl").read_text() == before
 
 
 def test_edited_data_is_another_run(folder, tmp_path, capsys):
@@ -171,7 +174,7 @@ def test_edited_data_is_another_run(folder, tmp_path, capsys):
   (data / "u.data").write_text("\n".join(lines) + "\n")
   capsys.readouterr()
   assert train_cli(*short) == 2
-  assert "data_hash differ" in capsys.readouterr().err
+  assert "the data's content differs" in capsys.readouterr().err
 
 
 def test_checkpoints_of_an_older_layout_are_named(folder, tmp_path, capsys):

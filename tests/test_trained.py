@@ -179,7 +179,7 @@ def test_load_refuses_what_is_not_a_model(tmp_path):
     trained.load(str(tmp_path / "missing"))
   (tmp_path / "junk").mkdir()
   (tmp_path / "junk" / "file.txt").write_text("hello")
-  with pytest.raises(UserError, match="not a readable jaxcf checkpoint"):
+  with pytest.raises(UserError, match="cannot be read: it is damaged or not a jaxcf"):
     trained.load(str(tmp_path / "junk"))
   from jaxcf import checkpoint
   checkpoint.save(str(tmp_path / "other"), {"x": jnp.ones(2)},

@@ -1,0 +1,286 @@
+"""The workdir contract: a workdir belongs to one run, and a run never loses
+what an earlier one left in it.
+
+    w = Workdir.open(path, log)            # one process at a time
+    w.claim(kind, fingerprint, restart)    # the same run, or refused
+    w.write_json("summary.json", ...)      # whole or not at all
+    w.replace_dir("model", save)           # the old model or the new one
+    w.close()
+
+- **One process.** An exclusive `fcntl.flock` on W/.lock, taken before
+  anything else and dropped by the kernel when the process ends however it
+  ends; a second process is refused at once, naming the holder's pid (the
+  processes of one multi-host run are one holder: only process 0 opens W).
+- **One run.** W/run.json records what the run is: single or sweep, and its
+  fingerprint (every setting that changes the result, and the data's
+  content hash). A run with another fingerprint is refused naming what
+  differs; `--restart` moves the old run to W/previous-N/ (nothing is
+  deleted). A workdir with no results yet belongs to nobody.
+- **Nothing half-written.** Files are written beside their place, fsync'd
+  and renamed over it; a directory (model/) is written beside and swapped
+  with the old one in one step (Linux `renameat2(RENAME_EXCHANGE)`), so a
+  kill at any instant leaves the old model or the new one. What an
+  interrupted save left is removed when the next run opens W.
+- **Write errors are one line** (`No space left on device while saving
+  W/model; the previous model is intact`), raised as a UserError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+from typing import Callable
+
+from jaxcf.errors import UserError, saving
+
+LOCK, RUN = ".lock", "run.json"
+# What a run writes: moved together by --restart.
+RESULTS = ("metrics.jsonl", "summary.json", "sweep.json", "config.json",
+           "model", "checkpoints", "checkpoints-damaged", "tensorboard",
+           "loss.png", "sweep.png", RUN)
+_NEW, _OLD = ".{}.new", ".{}.old"  # a directory being swapped in, out
+
+
+class Workdir:
+  """An open, locked workdir (see the module docstring)."""
+
+  def __init__(self, path: str, lock_fd: int, log=print):
+    self.path, self._lock_fd, self.log = path, lock_fd, log
+
+  @classmethod
+  def open(cls, path: str, log=print) -> "Workdir":
+    """Creates `path` if needed and locks it; a UserError if it cannot be
+    written or another process holds it."""
+    path = os.path.abspath(path)
+    try:
+      os.makedirs(path, exist_ok=True)
+      fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise UserError(f"--workdir={path}: {e.strerror}; choose a folder "
+                      "you can write") from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+      os.close(fd)
+      who = f"process {holder}" if holder else "another process"
+      raise UserError(f"--workdir={path} is in use by {who} (it holds "
+                      f"{LOCK}); wait for it to finish, or use another "
+                      "--workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    workdir = cls(path, fd, log)
+    workdir._clean_leftovers()
+    return workdir
+
+  def close(self) -> None:
+    """Releases the lock (the kernel does so anyway at exit)."""
+    if self._lock_fd is not None:
+      os.close(self._lock_fd)
+      self._lock_fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def join(self, *names: str) -> str:
+    return os.path.join(self.path, *names)
+
+  # The run it belongs to.
+
+  def results(self) -> list[str]:
+    """The results of an earlier run present in W."""
+    present = [n for n in RESULTS if n != RUN and os.path.lexists(self.join(n))]
+    if "metrics.jsonl" in present and not os.path.getsize(
+        self.join("metrics.jsonl")):
+      present.remove("metrics.jsonl")
+    return present
+
+  def owner(self) -> dict | None:
+    """What W/run.json says W holds (None: no results, so no owner); for a
+    workdir from before run.json, what its files and config.json tell."""
+    results = self.results()
+    if not results:
+      return None
+    try:
+      with open(self.join(RUN)) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      pass
+    except (OSError, ValueError) as e:
+      raise UserError(f"{self.join(RUN)} cannot be read ({e}); --restart "
+                      "moves this run aside and starts over") from None
+    kind = ("sweep" if "sweep.json" in results else
+            "single" if {"summary.json", "checkpoints"} & set(results)
+            else None)
+    fingerprint = None
+    with contextlib.suppress(OSError, ValueError):
+      from jaxcf import config as config_lib  # pylint: disable=g-import-not-at-top
+      with open(self.join("config.json")) as f:
+        fingerprint = config_lib.fingerprint_of(json.load(f))
+    return {"kind": kind, "fingerprint": fingerprint}
+
+  def claim(self, kind: str, fingerprint: dict, restart: bool = False,
+            what: str = "") -> None:
+    """Makes W this run's: refuses it (UserError) if it holds another run's
+    results, unless `restart`, which moves them to W/previous-N/.
+
+    kind: "single" or "sweep"; fingerprint: `RunConfig.fingerprint`; what:
+    this run in a few words, for the refusal.
+    """
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    owner = self.owner()
+    if owner and restart:
+      self.log(f"--restart: moved the earlier run to {self._move_aside()}")
+    elif owner:
+      theirs = _describe(owner)
+      if owner.get("kind") and owner["kind"] != kind:
+        raise UserError(
+            f"--workdir={self.path} holds {theirs}; this command is "
+            f"{what or kind}. Use another --workdir, or add --restart to "
+            f"move the {owner['kind']} run to {self.path}/previous-N")
+      differs = _differences(owner.get("fingerprint"), fingerprint)
+      if differs:
+        raise UserError(
+            f"--workdir={self.path} holds {theirs} with other settings "
+            f"({differs}). Rerun with its settings to continue it, use "
+            "another --workdir, or add --restart to move it to "
+            f"{self.path}/previous-N and start over")
+    self.write_json(RUN, {"kind": kind, "fingerprint": fingerprint})
+
+  def _move_aside(self) -> str:
+    n = 1
+    while os.path.exists(self.join(f"previous-{n}")):
+      n += 1
+    target = self.join(f"previous-{n}")
+    os.mkdir(target)
+    for name in RESULTS:
+      if os.path.lexists(self.join(name)):
+        os.rename(self.join(name), os.path.join(target, name))
+    return target
+
+  # Writing.
+
+  def write_json(self, name: str, obj) -> None:
+    """W/name := obj as JSON, atomically."""
+    self.write_file(name, lambda f: (json.dump(obj, f, indent=2),
+                                     f.write("\n")), mode="w")
+
+  def write_file(self, name: str, write: Callable, mode: str = "wb") -> None:
+    """W/name := what write(f) writes into an open file, atomically."""
+    path = self.join(name)
+    with saving(path, f"the previous {name} is intact"):
+      tmp = path + ".tmp"
+      try:
+        with open(tmp, mode) as f:
+          write(f)
+          f.flush()
+          os.fsync(f.fileno())
+        os.replace(tmp, path)
+      except BaseException:
+        with contextlib.suppress(OSError):
+          os.remove(tmp)
+        raise
+      _sync_dir(self.path)
+
+  def replace_dir(self, name: str, write: Callable[[str], None]) -> None:
+    """W/name := the directory write(path) creates at `path`, swapped in
+    atomically; the old one is deleted only after the swap."""
+    target, new = self.join(name), self.join(_NEW.format(name))
+    with saving(target, f"the previous {name}/ is intact"
+                if os.path.exists(target) else "nothing was written"):
+      shutil.rmtree(new, ignore_errors=True)
+      try:
+        write(new)
+      except BaseException:
+        self._remove_partial(name)
+        raise
+      _sync_dir(self.path)
+      if not os.path.exists(target):
+        os.rename(new, target)
+      elif not _exchange(new, target):
+        old = self.join(_OLD.format(name))  # two steps; see _clean_leftovers
+        os.rename(target, old)
+        os.rename(new, target)
+        os.rename(old, new)
+      shutil.rmtree(new, ignore_errors=True)  # now the old one
+      _sync_dir(self.path)
+
+  def _remove_partial(self, name: str) -> None:
+    new = _NEW.format(name)
+    for entry in os.listdir(self.path):
+      if entry == new or entry.startswith(new + ".orbax-checkpoint-tmp"):
+        shutil.rmtree(self.join(entry), ignore_errors=True)
+
+  def _clean_leftovers(self) -> None:
+    """Undoes what a killed save left: temporary files and directories, and
+    a swap cut between its two renames (where the exchange is missing)."""
+    for name in ("model",):
+      target, new, old = (self.join(name), self.join(_NEW.format(name)),
+                          self.join(_OLD.format(name)))
+      if os.path.exists(old) and not os.path.exists(target):
+        os.rename(new if os.path.exists(new) else old, target)
+      for leftover in (old, new):
+        if os.path.exists(leftover):
+          shutil.rmtree(leftover, ignore_errors=True)
+      self._remove_partial(name)
+    for name in RESULTS:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(self.join(name + ".tmp"))
+
+
+def _differences(theirs: dict | None, ours: dict) -> str:
+  """The settings that differ between W's run and this one, in words ('':
+  none, or W's are unknown)."""
+  if theirs is None:
+    return ""
+  keys = sorted(set(theirs) | set(ours))
+  if theirs.get("data_hash") is None:  # from config.json: no data hash
+    keys.remove("data_hash")
+
+  def show(v):
+    v = v[0] if isinstance(v, list) and len(v) == 1 else v
+    return json.dumps(v)[:40]
+
+  return "; ".join(
+      ("the data's content differs" if k == "data_hash" else
+       f"--{k} {show(theirs.get(k))} there, {show(ours.get(k))} now")
+      for k in keys if theirs.get(k) != ours.get(k))
+
+
+def _describe(owner: dict) -> str:
+  return {"single": "a single run", "sweep": "a sweep"}.get(
+      owner.get("kind"), "another run")
+
+
+def _sync_dir(path: str) -> None:
+  """Makes the renames inside `path` durable."""
+  with contextlib.suppress(OSError):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two paths in one step (Linux renameat2); False where the
+  system or file system cannot."""
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (AttributeError, OSError):
+    return False
+  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                        ctypes.c_char_p, ctypes.c_uint]
+  done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
+                   _RENAME_EXCHANGE)
+  return done == 0
