@@ -78,11 +78,12 @@ class Artifact:
     table = data.table
     titles, item_ids = None, {}
     if "title" in table:
+      pairs = table[["item", "title"]].drop_duplicates("item")  # per item
       if data.item_key == "title":
         titles = data.items.decode(np.arange(len(data.items)))
-        item_ids = dict(zip(table["item"], table["title"]))
+        item_ids = dict(zip(pairs["item"], pairs["title"]))
       else:
-        by_id = dict(zip(table["item"], table["title"]))
+        by_id = dict(zip(pairs["item"], pairs["title"]))
         titles = np.array(["#na#"] + [by_id[i] for i in data.items.classes],
                           dtype=object)
     side = side_vocab = None

@@ -48,8 +48,13 @@ class RunConfig:
       if getattr(self.train, name) is None:
         values[name] = value if name == "epochs" else (value,)
     d = self.data
-    item_name = d.item_name or ("movie" if d.ratings_file and not
-                                d.items_file else "title")
+    # Titles key items where the book does (ml-100k); the larger releases
+    # and a ratings file without titles are keyed by id.
+    by_id = ((d.ratings_file and not d.items_file) or
+             (not d.ratings_file and d.dataset not in ("movielens",
+                                                       "ml-100k",
+                                                       "synthetic")))
+    item_name = d.item_name or ("movie" if by_id else "title")
     return dataclasses.replace(
         self, train=dataclasses.replace(self.train, **values),
         data=dataclasses.replace(d, item_name=item_name))

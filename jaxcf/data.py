@@ -218,6 +218,55 @@ def random_split(n: int, valid_pct: float, seed: int
   return perm[cut:], perm[:cut]
 
 
+def parse_split(text: str, official=()) -> tuple[str, object]:
+  """--split's value as (kind, argument): ('random', None), ('official',
+  'u1'), ('ratio', train share), ('temporal', validation share per user) or
+  ('leave_last_out', None); a UserError for anything else."""
+  if text in ("random", "leave_last_out"):
+    return text, None
+  if text in official:
+    return "official", text
+  kind, _, value = text.partition(":")
+  if kind in ("ratio", "temporal"):
+    try:
+      share = float(value)
+    except ValueError:
+      share = float("nan")
+    if 0 < share < 1:
+      return kind, share
+  raise UserError(
+      f"--split={text} must be random, ratio:TRAIN_SHARE (e.g. ratio:0.9), "
+      "temporal:VALID_SHARE (each user's latest, e.g. temporal:0.2), "
+      "leave_last_out" + (f", or an official MovieLens split: "
+                          f"{', '.join(official)}" if official else ""))
+
+
+def latest_per_user(users, times, share: float | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Each user's latest ratings go to validation: the last `share` of them
+  (at least one), or with share None the last one (leave-last-out). A user
+  keeps at least one rating in training (users with one rating keep it
+  there); equal times keep file order.
+
+  Returns:
+    (train_rows, valid_rows), as for `random_split`.
+  """
+  n = len(users)
+  codes = pd.factorize(np.asarray(users))[0]
+  order = np.lexsort((np.arange(n), np.asarray(times), codes))
+  sorted_codes = codes[order]
+  starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+  counts = np.diff(np.r_[starts, n])
+  rank = np.arange(n) - np.repeat(starts, counts)
+  k = (np.ones_like(counts) if share is None else
+       np.maximum(1, np.floor(share * counts).astype(counts.dtype)))
+  k = np.minimum(k, counts - 1)
+  valid = np.zeros(n, bool)
+  valid[order] = rank >= np.repeat(counts - k, counts)
+  rows = np.arange(n)
+  return rows[~valid], rows[valid]
+
+
 def pairs_split(table: pd.DataFrame, pairs: pd.DataFrame, source: str
                 ) -> tuple[np.ndarray, np.ndarray]:
   """Validation rows are those whose (user, item) is listed in `pairs`.

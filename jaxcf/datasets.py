@@ -1,9 +1,12 @@
 """One call from a data source and a split choice to `CollabData`.
 
-Sources: MovieLens 100k (found or downloaded by `jaxcf.movielens`), or any
-ratings file (`jaxcf.io.read_ratings`) with an optional items file for titles.
-Splits: 'random' (fastai's RandomSplitter), the official MovieLens splits
-u1..u5/ua/ub, or a file of validation (user, item) pairs.
+Sources: a MovieLens release by name (found or downloaded by
+`jaxcf.movielens`, read by `jaxcf.mlread`), or any ratings file
+(`jaxcf.io.read_ratings`) with an optional items file for titles.
+Splits: 'random' (fastai's RandomSplitter), 'ratio:0.9' (a seeded 90/10
+holdout), 'temporal:0.2' or 'leave_last_out' (each user's latest ratings),
+the official MovieLens 100k splits u1..u5/ua/ub, or a file of validation
+(user, item) pairs.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from jaxcf import data, io, items, movielens
+from jaxcf import data, io, items, mlread, movielens
 from jaxcf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """Where ratings come from. Without ratings_file: MovieLens 100k.
+  """Where ratings come from. Without ratings_file: the MovieLens release
+  `dataset`.
 
   Attributes:
-    ratings_file: a CSV/TSV of ratings, or None for MovieLens 100k.
-    data_dir: a folder that is or holds ml-100k/ (see `movielens.find`).
+    dataset: a `movielens.RELEASES` name ('movielens' is ml-100k).
+    ratings_file: a CSV/TSV of ratings, or None for the release.
+    data_dir: a folder that is or holds the release's folder (see
+      `movielens.find`).
     columns: ratings-file columns [user, item, rating(, timestamp)], names or
       positions; None finds them.
     sep: the ratings file's separator; None guesses.
@@ -31,6 +37,7 @@ class Source:
   """
   ratings_file: str | None = None
   data_dir: str | None = None
+  dataset: str = "ml-100k"
   columns: Sequence[io.Column] | None = None
   sep: str | None = None
   items_file: str | None = None
@@ -38,16 +45,20 @@ class Source:
   item_sep: str | None = None
 
 
-def read_table(source: Source):
+def read_table(source: Source, log=None):
   """Reads the ratings (with titles when known) and describes where from.
 
   Returns:
     (table, where, ml_folder): the ratings DataFrame, a phrase naming the
-    file(s), and the MovieLens folder (None for a ratings file).
+    file(s), and the MovieLens 100k folder (None for anything else).
   """
   if source.ratings_file is None:
-    folder = movielens.find(source.data_dir)
-    return movielens.load(folder), str(folder / "u.data"), folder
+    release = movielens.RELEASES[
+        "ml-100k" if source.dataset == "movielens" else source.dataset]
+    folder = movielens.find(source.data_dir, release=release)
+    table = mlread.read(release, folder, log)
+    return (table, str(folder / release.files[0]),
+            folder if release is movielens.ML100K else None)
   table = io.read_ratings(source.ratings_file, columns=source.columns,
                           sep=source.sep)
   if source.items_file:
@@ -67,8 +78,11 @@ def load(source: Source = Source(), *, item_name: str = "title",
     source: where the ratings come from (default: MovieLens 100k).
     item_name: 'title' keys items by title (the book's choice), 'movie' or
       'item' by id.
-    split: 'random', or an official MovieLens split (u1..u5, ua, ub).
-    valid_pct, seed: the random split's validation share and seed.
+    split: 'random', 'ratio:TRAIN_SHARE', 'temporal:VALID_SHARE',
+      'leave_last_out', or an official MovieLens 100k split (u1..u5, ua,
+      ub); see `data.parse_split`.
+    valid_pct, seed: the random split's validation share and seed (ratio's
+      seed too).
     valid_file: a TSV/CSV of validation (user, item id) pairs; overrides
       `split`.
     duplicates: what to do with repeated (user, item id) pairs: 'error',
@@ -80,7 +94,8 @@ def load(source: Source = Source(), *, item_name: str = "title",
   item_key = {"title": "title", "movie": "item", "item": "item"}.get(item_name)
   if item_key is None:
     raise UserError(f"--item_name={item_name} must be 'title' or 'movie'")
-  table, where, folder = read_table(source)
+  kind, arg = data.parse_split(split, movielens.SPLITS)
+  table, where, folder = read_table(source, log)
   say = log or (lambda _: None)
   table, removed = data.resolve_duplicates(table, duplicates, where)
   if removed:
@@ -103,12 +118,22 @@ def load(source: Source = Source(), *, item_name: str = "title",
     how = f"validation pairs from {valid_file}"
     train_rows, valid_rows = data.pairs_split(table, data.read_pairs(
         valid_file), valid_file)
-  elif split == "random":
-    how = f"random {valid_pct:.0%} validation (seed {seed})"
-    train_rows, valid_rows = data.random_split(len(table), valid_pct, seed)
+  elif kind in ("random", "ratio"):
+    share = valid_pct if kind == "random" else 1 - arg
+    how = f"random {share:.0%} validation (seed {seed})"
+    train_rows, valid_rows = data.random_split(len(table), share, seed)
+  elif kind in ("temporal", "leave_last_out"):
+    if "timestamp" not in table:
+      raise UserError(f"--split={split} needs rating times: name the "
+                      "timestamp column in --columns")
+    how = ("each user's last rating" if arg is None else
+           f"each user's latest {arg:.0%}") + " for validation"
+    train_rows, valid_rows = data.latest_per_user(
+        table["user"].to_numpy(), table["timestamp"].to_numpy(), arg)
   elif folder is None:
     raise UserError(f"--split={split}: the official splits exist only for "
-                    "MovieLens 100k; use --split=random or --valid_file")
+                    "MovieLens 100k; use --split=random, ratio:0.9, "
+                    "temporal:0.2, leave_last_out or --valid_file")
   else:
     path = movielens.split_file(folder, split)
     how = f"official split {split} ({path.name})"

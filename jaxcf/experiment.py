@@ -43,7 +43,7 @@ def load_data(config: config_lib.RunConfig, log=print):
   if d.ratings_file and not d.items_file and item_name != "title":
     log("items are keyed by id (no --items_file gives titles)")
   source = datasets.Source(
-      ratings_file=d.ratings_file, data_dir=d.data_dir,
+      ratings_file=d.ratings_file, data_dir=d.data_dir, dataset=d.dataset,
       columns=io.parse_columns_flag(d.columns), sep=d.sep,
       items_file=d.items_file,
       item_columns=io.parse_columns_flag(d.item_columns) or (0, 1))
@@ -55,7 +55,8 @@ def load_data(config: config_lib.RunConfig, log=print):
   if any(f.needs_side for f in config.model.families):
     if data.folder is None:
       raise UserError("--model=side_nn uses MovieLens 100k's side "
-                      "information; it is not available for --ratings_file")
+                      "information; it is not available for --ratings_file "
+                      f"or --dataset={d.dataset}")
     kinds = [k.strip() for k in d.side.split(",") if k.strip()]
     data = features.attach(data, features.movielens(data, data.folder, kinds))
     log(f"side information: {', '.join(kinds)}")

@@ -78,6 +78,11 @@ def _encoding(path: str, encoding: str | None) -> str:
     return "latin-1"
 
 
+def decide_encoding(path: str) -> str:
+  """UTF-8 when the whole file decodes as UTF-8, else latin-1."""
+  return _encoding(path, None)
+
+
 def read_columns(path: str, columns: Mapping[str, Column], *,
                  sep: str | None = None, header: bool | None = None,
                  encoding: str | None = None, what: str = "file",

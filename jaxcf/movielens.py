@@ -1,13 +1,16 @@
-"""MovieLens 100k: find it, download and verify it, read it.
+"""The MovieLens family: find a release, download and verify it; read 100k.
 
-Where the data is looked for, in order: an explicit folder (`--data_dir`),
-`$JAXCF_DATA` (a folder holding `ml-100k/`), the cache (`$XDG_CACHE_HOME/jaxcf`
-or `~/.cache/jaxcf`), and finally a download of GroupLens' zip into the cache,
-checked against its published MD5 and the SHA-256 of every file.
+Where a release is looked for, in order: an explicit folder (`--data_dir`,
+the release's folder or one holding it), `$JAXCF_DATA` (a folder holding
+it), the cache (`$XDG_CACHE_HOME/jaxcf` or `~/.cache/jaxcf`), and finally a
+download of GroupLens' zip into the cache, checked against the MD5 GroupLens
+publishes beside it (`<zip>.md5`) and, for 100k, the SHA-256 of every file.
+The other releases' layouts are read by `jaxcf.mlread`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -24,9 +27,56 @@ from jaxcf import io, items
 from jaxcf.errors import UserError
 from jaxcf.progress import Bar
 
-URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"  # published by GroupLens
-NAME = "ml-100k"
+BASE_URL = "https://files.grouplens.org/datasets/movielens/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+  """One MovieLens release as GroupLens ships it.
+
+  Attributes:
+    name: its --dataset name and zip name (ml-1m -> ml-1m.zip).
+    folders: the folder its zip unpacks to, then other names accepted for it.
+    md5: of the zip, as GroupLens publishes it at BASE_URL + name +
+      '.zip.md5'; None for ml-latest-small, which GroupLens updates in
+      place: its .md5 is fetched beside the zip.
+    layout: '100k' (u.data, u.item), 'dat' (ratings.dat, movies.dat with
+      '::' separators; ml-1m also users.dat) or 'csv' (ratings.csv and
+      movies.csv with headers).
+  """
+  name: str
+  folders: tuple[str, ...]
+  md5: str | None
+  layout: str
+
+  @property
+  def url(self) -> str:
+    return f"{BASE_URL}{self.name}.zip"
+
+  @property
+  def files(self) -> tuple[str, str]:
+    """(ratings file, items file) inside its folder."""
+    return {"100k": ("u.data", "u.item"), "dat": ("ratings.dat", "movies.dat"),
+            "csv": ("ratings.csv", "movies.csv")}[self.layout]
+
+
+# MD5s as GroupLens publishes them in <zip>.md5 beside each zip (100k's is
+# also in its README); ml-10m unpacks to ml-10M100K/.
+RELEASES = {r.name: r for r in (
+    Release("ml-100k", ("ml-100k",), "0e33842e24a9c977be4e0107933c0723",
+            "100k"),
+    Release("ml-1m", ("ml-1m",), "c4d9eecfca2ab87c1945afe126590906", "dat"),
+    Release("ml-10m", ("ml-10M100K", "ml-10m"),
+            "ce571fd55effeba0271552578f2648bd", "dat"),
+    Release("ml-20m", ("ml-20m",), "cd245b17a1ae2cc31bb14903e1204af3", "csv"),
+    Release("ml-25m", ("ml-25m",), "6b51fb2759a8657d3bfcbfc42b592ada", "csv"),
+    Release("ml-32m", ("ml-32m",), "d472be332d4daa821edc399621853b57", "csv"),
+    Release("ml-latest-small", ("ml-latest-small",), None, "csv"),
+)}
+ML100K = RELEASES["ml-100k"]
+URL = ML100K.url
+ZIP_MD5 = ML100K.md5
+NAME = ML100K.name
 # SHA-256 of the files this package reads (from the GroupLens zip).
 SHA256 = {
     "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
@@ -51,10 +101,15 @@ SHA256 = {
     "ub.test": "d54a72d05730d5892062734b2bec73e976f9b713d18c828a18b968d6cce442da",
 }
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")  # the official splits
-_NO_DATA_HINT = (
-    "download ml-100k.zip from https://grouplens.org/datasets/movielens/100k/"
-    ", unzip it and pass --data_dir=/path/to/ml-100k (or set JAXCF_DATA to "
-    "the folder that holds ml-100k/)")
+
+
+def _hint(release: Release = ML100K) -> str:
+  return (f"download {release.name}.zip from {release.url}, unzip it and "
+          f"pass --data_dir=/path/to/{release.folders[0]} (or set JAXCF_DATA "
+          f"to the folder that holds {release.folders[0]}/)")
+
+
+_NO_DATA_HINT = _hint()
 
 
 def cache_root() -> Path:
@@ -62,48 +117,52 @@ def cache_root() -> Path:
   return Path(base).expanduser() / "jaxcf"
 
 
-def _holds_data(folder: Path) -> bool:
-  return (folder / "u.data").is_file() and (folder / "u.item").is_file()
+def _holds_data(folder: Path, release: Release = ML100K) -> bool:
+  return all((folder / name).is_file() for name in release.files)
 
 
-def _resolve(folder: Path) -> Path | None:
-  """The ml-100k folder at `folder` or just under it, if there is one."""
-  for candidate in (folder, folder / NAME):
-    if _holds_data(candidate):
+def _resolve(folder: Path, release: Release = ML100K) -> Path | None:
+  """The release's folder at `folder` or just under it, if there is one."""
+  for candidate in (folder, *(folder / f for f in release.folders)):
+    if _holds_data(candidate, release):
       return candidate
   return None
 
 
 def find(data_dir: str | None = None, *, download: bool = True,
-         url: str = URL) -> Path:
-  """Returns the folder holding u.data and u.item, downloading if needed.
+         url: str | None = None, release: Release = ML100K) -> Path:
+  """Returns the folder holding the release's files, downloading if needed.
 
   Args:
-    data_dir: a folder that is, or holds, `ml-100k/`. When given, it must
-      hold the data: nothing else is searched.
+    data_dir: a folder that is, or holds, the release's folder (ml-100k/,
+      ml-1m/, ...). When given, it must hold the data: nothing else is
+      searched.
     download: whether to download into the cache when no copy is found.
-    url: where to download from.
+    url: where to download from (default: GroupLens).
+    release: which one (default: MovieLens 100k).
   """
+  names = " and ".join(release.files)
   if data_dir:
-    found = _resolve(Path(data_dir).expanduser())
+    found = _resolve(Path(data_dir).expanduser(), release)
     if found is None:
-      raise UserError(f"--data_dir={data_dir} holds neither u.data and u.item "
-                      f"nor {NAME}/ with them; {_NO_DATA_HINT}")
+      raise UserError(f"--data_dir={data_dir} holds neither {names} nor "
+                      f"{release.folders[0]}/ with them; {_hint(release)}")
     return found
   env = os.environ.get("JAXCF_DATA")
   if env:
-    found = _resolve(Path(env).expanduser())
-    if found is None:
+    found = _resolve(Path(env).expanduser(), release)
+    if found is not None:
+      return found
+    if release is ML100K:
       raise UserError(f"JAXCF_DATA={env} holds no {NAME}/ folder with u.data "
                       f"and u.item; {_NO_DATA_HINT}")
-    return found
-  found = _resolve(cache_root())
+  found = _resolve(cache_root(), release)
   if found is not None:
     return found
   if not download:
-    raise UserError(f"MovieLens 100k is not in {cache_root()}; "
-                    f"{_NO_DATA_HINT}")
-  return fetch(cache_root(), url=url)
+    raise UserError(f"{release.name} is not in {cache_root()}; "
+                    f"{_hint(release)}")
+  return fetch(cache_root(), url=url or release.url, release=release)
 
 
 def _digest(path: Path, algorithm: str) -> str:
@@ -141,7 +200,7 @@ def safe_extract(zip_path: Path, dest: Path) -> None:
     z.extractall(root)
 
 
-def _download(url: str, path: Path) -> None:
+def _download(url: str, path: Path, release: Release = ML100K) -> None:
   try:
     with urllib.request.urlopen(url, timeout=30) as response, \
         open(path, "wb") as out:
@@ -155,34 +214,60 @@ def _download(url: str, path: Path) -> None:
       bar.close(f"{done / 1e6:.1f} MB")
   except (urllib.error.URLError, OSError, ValueError) as e:
     reason = getattr(e, "reason", None) or e
-    raise UserError(f"could not download MovieLens 100k from {url} "
-                    f"({reason}); {_NO_DATA_HINT}") from None
+    raise UserError(f"could not download {release.name} from {url} "
+                    f"({reason}); {_hint(release)}") from None
 
 
-def fetch(root: Path, *, url: str = URL, md5: str = ZIP_MD5,
-          sha256: dict[str, str] = SHA256) -> Path:
-  """Downloads, checks and unpacks the zip into `root / ml-100k`, atomically.
+def _published_md5(url: str, release: Release) -> str:
+  """The MD5 GroupLens publishes at url + '.md5' ('MD5 (x.zip) = <hex>' or
+  '<hex>  x.zip')."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = Path(tmp) / "md5"
+    _download(url + ".md5", path, release)
+    words = path.read_text(errors="replace").split()
+  found = [w.lower() for w in words if len(w) == 32 and all(
+      c in "0123456789abcdefABCDEF" for c in w)]
+  if not found:
+    raise UserError(f"{url}.md5 holds no MD5; {_hint(release)}")
+  return found[0]
 
-  Nothing is left in `root / ml-100k` unless every check passed.
+
+def fetch(root: Path, *, url: str | None = None, md5: str | None = None,
+          sha256: dict[str, str] | None = None,
+          release: Release = ML100K) -> Path:
+  """Downloads, checks and unpacks the release's zip into `root`, atomically.
+
+  Nothing is left in `root / <its folder>` unless every check passed.
+  md5 defaults to the release's pinned one (or the published .md5 for
+  ml-latest-small); sha256 (per file) to 100k's.
   """
+  url = url or release.url
+  if sha256 is None and release is ML100K:
+    sha256 = SHA256
+  md5 = md5 or release.md5 or _published_md5(url, release)
   root.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-    zip_path = Path(tmp) / f"{NAME}.zip"
-    _download(url, zip_path)
+    zip_path = Path(tmp) / f"{release.name}.zip"
+    _download(url, zip_path, release)
     got = _digest(zip_path, "md5")
     if got != md5:
       raise UserError(f"the download from {url} is damaged or not the "
                       f"official file (MD5 {got}, expected {md5}); try again, "
-                      f"or {_NO_DATA_HINT}")
+                      f"or {_hint(release)}")
     try:
       safe_extract(zip_path, Path(tmp) / "unpacked")
     except zipfile.BadZipFile:
       raise UserError(f"the download from {url} is not a zip file; "
-                      f"{_NO_DATA_HINT}") from None
-    unpacked = Path(tmp) / "unpacked" / NAME
-    verify(unpacked, sha256)
-    final = root / NAME
-    if not _holds_data(final):
+                      f"{_hint(release)}") from None
+    unpacked = _resolve(Path(tmp) / "unpacked", release)
+    if unpacked is None or unpacked == Path(tmp) / "unpacked":
+      raise UserError(f"the download from {url} holds no {release.folders[0]}"
+                      f"/ with {' and '.join(release.files)}; "
+                      f"{_hint(release)}")
+    if sha256:
+      verify(unpacked, sha256)
+    final = root / unpacked.name
+    if not _holds_data(final, release):
       shutil.rmtree(final, ignore_errors=True)
       os.replace(unpacked, final)
   return final

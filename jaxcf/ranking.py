@@ -128,6 +128,9 @@ def _block_sums(fn, variables, users, seen_rows, seen_items, relevant, k):
   scores = fn(variables, users) if fn is not None else variables
   scores = scores.at[seen_rows, seen_items].set(-jnp.inf, mode="drop")
   scores = scores.at[:, 0].set(-jnp.inf)  # never '#na#'
+  if scores.shape[1] < k:  # fewer items than k: pad with never-relevant ones
+    scores = jnp.pad(scores, ((0, 0), (0, k - scores.shape[1])),
+                     constant_values=-jnp.inf)
   _, top = jax.lax.top_k(scores, k)  # [B, k]
   # Relevant items that were seen (none, in data of unique pairs) drop out.
   ranked = (relevant >= 0) & jnp.isfinite(

@@ -58,12 +58,15 @@ def _finite(*values) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Data:
   """Where ratings come from and how they are split."""
-  dataset: str = field("movielens", "movielens (or --ratings_file), or "
-                       "synthetic: --n_ratings ratings of --n_users x "
+  dataset: str = field("movielens", "movielens (= ml-100k) or another "
+                       "MovieLens release by name: ml-1m, ml-10m, ml-20m, "
+                       "ml-25m, ml-32m, ml-latest-small (or --ratings_file);"
+                       " or synthetic: --n_ratings ratings of --n_users x "
                        "--n_items from a low-rank model plus noise.")
-  data_dir: str | None = field(None, "Folder that is or holds ml-100k/ (else"
-                               " $JAXCF_DATA, the cache, or a download).",
-                               affects_result=False)
+  data_dir: str | None = field(None, "Folder that is or holds the "
+                               "release's folder (ml-100k/, ml-1m/, ...; "
+                               "else $JAXCF_DATA, the cache, or a "
+                               "download).", affects_result=False)
   ratings_file: str | None = field(None, "Your own ratings CSV/TSV instead "
                                    "of MovieLens 100k.")
   columns: str | None = field(None, "Ratings file columns USER,ITEM,RATING"
@@ -76,8 +79,10 @@ class Data:
                                 "movie (1682 ids); default: title where "
                                 "there are titles (MovieLens, or "
                                 "--items_file), else the ids.")
-  split: str = field("random", "random, or an official MovieLens split: "
-                     "u1..u5, ua, ub.")
+  split: str = field("random", "random (--valid_pct), ratio:0.9 (a seeded "
+                     "90/10 holdout), temporal:0.2 (each user's latest 20%"
+                     "), leave_last_out (each user's last rating), or an "
+                     "official MovieLens 100k split: u1..u5, ua, ub.")
   valid_pct: float = field(0.2, "Validation share of --split=random.")
   split_seed: int | None = field(None, "Seed of --split=random (default: "
                                  "the first --seed).")
@@ -96,13 +101,12 @@ class Data:
   n_ratings: int = field(10_000_000, "Synthetic ratings.")
 
   def __post_init__(self):
-    _check(self.dataset in ("movielens", "synthetic"), "dataset",
-           self.dataset, "movielens or synthetic")
+    _check(self.dataset in ("movielens", "synthetic", *movielens.RELEASES),
+           "dataset", self.dataset, "movielens, synthetic or one of "
+           f"{', '.join(movielens.RELEASES)}")
     _check(_finite(self.valid_pct) and 0 < self.valid_pct < 1, "valid_pct",
            self.valid_pct, "strictly between 0 and 1")
-    _check(self.split == "random" or self.split in movielens.SPLITS, "split",
-           self.split, f"random or one of {', '.join(movielens.SPLITS)} "
-           f"(unknown MovieLens split {self.split!r})")
+    data_lib.parse_split(self.split, movielens.SPLITS)
     _check(self.duplicates in data_lib.DUPLICATES, "duplicates",
            self.duplicates, f"one of {', '.join(data_lib.DUPLICATES)}")
     _check(self.item_name in (None, "title", "movie", "item"), "item_name",

@@ -193,7 +193,11 @@ ERROR_CASES = [
      "line 2: rating 'good' is not a number"),
     (["--ratings_file={tmp}/short.tsv"], "line 2: the rating field is missing"),
     (["--ratings_file={tmp}/empty.tsv"], "is empty"),
-    (["--split=u7"], "unknown MovieLens split 'u7'"),
+    (["--split=u7"], "--split=u7 must be random, ratio:TRAIN_SHARE"),
+    (["--split=ratio:1.5"], "--split=ratio:1.5 must be random"),
+    (["--split=temporal:x"], "--split=temporal:x must be random"),
+    (["--dataset=ml-2m"], "--dataset=ml-2m must be movielens, synthetic or "
+     "one of ml-100k, ml-1m"),
     (["--valid_file={tmp}/pairs.tsv"], "1 of 1 validation pair(s) are not in"),
     (["--valid_file={tmp}/pairs.tsv", "--split=u1"], "give one"),
     (["--bs=100000"], "larger than"),
