@@ -11,6 +11,7 @@ verifies them (orbax's own format checks neither).
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -38,22 +39,28 @@ def quiet(reported: bool = False):
   caller reports the failure in one line. Shown after all if the failure
   is not one the caller turns into a message (a UserError, a write error,
   or anything when `reported`)."""
-  logger = logging.getLogger("absl")
-  level, stderr, hook = logger.level, sys.stderr, threading.excepthook
+  loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+  levels = [logger.level for logger in loggers]
+  stderr, hooks = sys.stderr, (threading.excepthook, sys.unraisablehook)
   held = io.StringIO()
-  logger.setLevel(logging.CRITICAL)
-  sys.stderr, threading.excepthook = held, lambda args: None
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  sys.stderr = held
+  threading.excepthook = sys.unraisablehook = lambda *_: None
   before = set(threading.enumerate())
   try:
     yield
   except Exception as e:
     _settle(before, held)
+    gc.collect()  # the failed coroutines complain when collected: now
     if not (reported or isinstance(e, UserError) or write_error(e)):
       stderr.write(held.getvalue())
     raise
   finally:
-    logger.setLevel(level)
-    sys.stderr, threading.excepthook = stderr, hook
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+    sys.stderr = stderr
+    threading.excepthook, sys.unraisablehook = hooks
 
 
 def _settle(before: set, held: io.StringIO, limit: float = 5.0) -> None:

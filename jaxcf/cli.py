@@ -39,6 +39,9 @@ def guarded(body: Callable[[], object]) -> int:
   except outputs.Stopped as e:
     print(str(e), file=sys.stderr)
     return 128 + e.signum
+  except KeyboardInterrupt:  # where no checkpoint can be taken (sweeps)
+    print("stopped by SIGINT; nothing was saved", file=sys.stderr)
+    return 130
   return 0
 
 

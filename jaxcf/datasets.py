@@ -34,6 +34,8 @@ class Source:
     items_file: an items file with titles, for item_name='title'.
     item_columns: the items file's [id, title] columns.
     item_sep: the items file's separator; None guesses.
+    encoding: of the ratings and items files; None decides per file
+      (`textfile.encoding_of`).
   """
   ratings_file: str | None = None
   data_dir: str | None = None
@@ -43,6 +45,7 @@ class Source:
   items_file: str | None = None
   item_columns: Sequence[io.Column] = (0, 1)
   item_sep: str | None = None
+  encoding: str | None = None
 
 
 def read_table(source: Source, log=None):
@@ -60,10 +63,10 @@ def read_table(source: Source, log=None):
     return (table, str(folder / release.files[0]),
             folder if release is movielens.ML100K else None)
   table = io.read_ratings(source.ratings_file, columns=source.columns,
-                          sep=source.sep)
+                          sep=source.sep, encoding=source.encoding)
   if source.items_file:
     titles = items.read_titles(source.items_file, columns=source.item_columns,
-                            sep=source.item_sep)
+                               sep=source.item_sep, encoding=source.encoding)
     table = items.attach_titles(table, titles, source.items_file)
   return table, source.ratings_file, None
 

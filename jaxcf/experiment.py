@@ -29,6 +29,7 @@ from jaxcf import (compilecache, config as config_lib, datasets, distributed,
                    sharding, sweep, synthetic, tblog, trained, training,
                    workdir as workdir_lib)
 from jaxcf.errors import UserError
+from jaxcf.models import autorec as autorec_family
 
 
 def load_data(config: config_lib.RunConfig, log=print):
@@ -45,7 +46,7 @@ def load_data(config: config_lib.RunConfig, log=print):
   source = datasets.Source(
       ratings_file=d.ratings_file, data_dir=d.data_dir, dataset=d.dataset,
       columns=io.parse_columns_flag(d.columns), sep=d.sep,
-      items_file=d.items_file,
+      items_file=d.items_file, item_sep=d.items_sep, encoding=d.encoding,
       item_columns=io.parse_columns_flag(d.item_columns) or (0, 1))
   y_ranges = {r.y_range for r in config.replicas()}
   data = datasets.load(source, item_name=item_name, split=d.split,
@@ -102,21 +103,52 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
     # Synthetic data is a function of its config; files need their content.
     fingerprint = config.fingerprint(
         None if config.data.dataset == "synthetic" else data.content_hash())
-    if replicas[0].family.trainer == "batches":  # before a --restart moves
-      placement.steps_per_epoch(data.train.size, config.train.bs, None)
+    mesh, model = _preflight(config, replicas, data, single)
     if config.output.workdir:
-      n = len(replicas)
-      what = ("a single run" if single else
-              f"a sweep of {n} replica{'s' if n > 1 else ''}")
+      n, full_batch = len(replicas), replicas[0].family.trainer != "batches"
+      what = ("a single run" if single else "an AutoRec run" if n == 1
+              and full_batch else f"a sweep of {n} replicas")
+      claimed = dict(fingerprint)
+      if not single:  # what a sweep saves as its model
+        claimed.update(ensemble=config.output.ensemble,
+                       ensemble_top=config.output.ensemble_top)
       distributed.on_leader(lambda: workdir.claim(
-          "single" if single else "sweep", fingerprint,
-          config.output.restart, what))
+          "single" if single else "sweep", claimed, config.output.restart,
+          what))
     if single:
       summary = run_single(config, replicas[0], data, phases, workdir,
-                           fingerprint, log)
+                           fingerprint, mesh, model, log)
       distributed.barrier("finished")  # the others wait while 0 writes
       return summary
     return run_sweep(config, replicas, data, phases, workdir, log)
+
+
+def _preflight(config: config_lib.RunConfig, replicas, data, single: bool):
+  """Every check that can refuse the run, before anything in the workdir
+  changes (a --restart moves the old run only after them). Returns the
+  mesh and model of a single run (else None, None)."""
+  if replicas[0].family.trainer == "full_batch":
+    for replica in replicas:
+      autorec_family.matrix_shape(data.n_users, data.n_items,
+                                  replica.normalised().by)
+    return None, None
+  placement.steps_per_epoch(data.train.size, config.train.bs, None)
+  if not single:
+    return None, None
+  h = config.hosts
+  mesh = sharding.make_mesh(h.mesh) if h.mesh else None
+  model = replicas[0].create_model(data, mesh)
+  train_config = config.train_config(replicas[0])
+  if mesh is not None:
+    sharding.check_batch(train_config.batch_size, mesh)
+    if train_config.row_kernel != "xla":
+      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
+  per_epoch = placement.steps_per_epoch(
+      data.train.size, train_config.batch_size,
+      placement.data_shards(mesh, h.shard_data))
+  training.make_optimizer(model, train_config, per_epoch * train_config.epochs)
+  placement.check_memory(model, data, train_config.batch_size)
+  return mesh, model
 
 
 def _join_processes(config: config_lib.RunConfig) -> None:
@@ -156,13 +188,11 @@ def _check_sweep(config: config_lib.RunConfig) -> None:
 
 def run_single(config: config_lib.RunConfig, replica, data,
                phases: outputs.Phases, workdir: workdir_lib.Workdir | None,
-               fingerprint: dict, log=print) -> dict:
+               fingerprint: dict, mesh, model, log=print) -> dict:
   """One model: fit, ranking, summary.json and model/ in the workdir
   (claimed; None in the other processes of a multi-host run, which write
   only their checkpoint shards)."""
   h, o = config.hosts, config.output
-  mesh = sharding.make_mesh(h.mesh) if h.mesh else None
-  model = replica.create_model(data, mesh)
   train_config = config.train_config(replica)
   device = jax.devices()[0]
   log(f"model {replica.model}: {models.count_params(model):,} parameters; "

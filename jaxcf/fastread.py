@@ -41,13 +41,14 @@ def read_numbers(path: str, cols: Mapping[str, int], *, sep: str,
       for chunk in reader:
         for c, k in by_position.items():
           parts[k].append(chunk[c].to_numpy())
-  except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError,
-          IndexError):
+  except (ValueError, OverflowError, pd.errors.ParserError,
+          pd.errors.EmptyDataError, IndexError):
     return None
   arrays = {k: np.concatenate(v) if v else np.zeros(0, kinds[k])
             for k, v in parts.items()}
   if not (np.isfinite(arrays["rating"]).all()
-          and np.isfinite(arrays.get("timestamp", 0.0)).all()):
+          and np.isfinite(arrays.get("timestamp", 0.0)).all()
+          and (np.abs(arrays["rating"]) <= np.finfo(np.float32).max).all()):
     return None
   out = pd.DataFrame({"user": arrays["user"], "item": arrays["item"],
                       "rating": arrays["rating"].astype(np.float32)})
@@ -58,7 +59,7 @@ def read_numbers(path: str, cols: Mapping[str, int], *, sep: str,
 
 _BLOCK = 1 << 24  # bytes read at a time by _plain_numbers
 _INTEGER_BYTES = np.zeros(256, bool)
-_INTEGER_BYTES[list(b"0123456789+- \r")] = True
+_INTEGER_BYTES[list(b"0123456789- \r")] = True  # '+1' is not '1' as an id
 _NUMBER_BYTES = _INTEGER_BYTES.copy()
 _NUMBER_BYTES[ord(".")] = True
 
@@ -66,7 +67,8 @@ _NUMBER_BYTES[ord(".")] = True
 def _plain_numbers(path: str, sep: str, header: bool,
                    id_columns: Sequence[int]) -> bool:
   """Whether every field after the header is a plain number: digits, signs,
-  spaces, and a decimal point outside the id columns.
+  spaces, and a decimal point outside the id columns; no '+' and no
+  leading zero.
 
   pandas' C parser would read 'TRUE' as 1 and '1.0' or '1e3' as integer
   ids; the checked path reads them differently (or refuses them), so the
@@ -101,6 +103,17 @@ def _plain_lines(b: np.ndarray, sep: int, id_columns: Sequence[int]) -> bool:
   """`_plain_numbers` for whole lines of bytes b (uint8)."""
   is_sep, is_end = b == sep, b == ord("\n")
   if not (_NUMBER_BYTES[b] | is_sep | is_end).all():
+    return False
+  # A leading zero ('07', '-0') makes an id other than the number: the
+  # checked path keeps such ids as text.
+  zero = np.flatnonzero(b[:-1] == ord("0"))
+  field_start = np.r_[True, is_sep[:-1] | is_end[:-1] | (b[:-1] == ord(" "))
+                      | (b[:-1] == ord("-"))]
+  if (field_start[zero] & (b[zero + 1] >= ord("0"))
+      & (b[zero + 1] <= ord("9"))).any():
+    return False
+  minus = np.flatnonzero(b[:-1] == ord("-"))
+  if (b[minus + 1] == ord("0")).any():
     return False
   dots = np.flatnonzero(b == ord("."))
   if not dots.size:

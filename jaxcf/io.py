@@ -8,14 +8,13 @@ lines are the only lines skipped.
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from jaxcf import fastread
+from jaxcf import fastread, textfile
 from jaxcf.errors import UserError
 
 Column = str | int  # a header name, or a 0-based position
@@ -29,7 +28,9 @@ KNOWN_NAMES = {
     "timestamp": ("timestamp", "time", "ts", "date"),
 }
 _SEPARATORS = ("::", "\t", ",", ";", "|")
-_INT = re.compile(r"[+-]?\d+")
+# An integer id as a program would print it: no sign but '-', no leading
+# zero; '01' and '+1' are other ids than '1', kept as the text written.
+_INT = re.compile(r"0|-?[1-9]\d*")
 
 
 def sniff_separator(first_line: str) -> str:
@@ -40,42 +41,9 @@ def sniff_separator(first_line: str) -> str:
   return r"\s+"
 
 
-def _first_line(path: str, encoding: str) -> str:
-  with open(path, encoding=encoding, errors="replace") as f:
-    for line in f:
-      if line.strip():
-        return line.rstrip("\r\n")
-  raise UserError(f"{path}: the file is empty; it needs one row per rating")
-
-
-def _check_file(path: str, what: str) -> None:
-  if not os.path.exists(path):
-    raise UserError(f"{what} not found: {path}")
-  if not os.path.isfile(path):
-    raise UserError(f"{what} is not a file: {path}")
-  if not os.access(path, os.R_OK):
-    raise UserError(f"{what} cannot be read (permission denied): {path}; "
-                    "make it readable (chmod +r) or copy it")
-
-
-def _encoding(path: str, encoding: str | None) -> str:
-  """Returns `encoding`, or UTF-8 when the file decodes as UTF-8, else latin-1.
-
-  Reads the file in 16 MiB blocks, so a file of any size is checked in
-  bounded memory.
-  """
-  if encoding:
-    return encoding
-  import codecs  # pylint: disable=g-import-not-at-top
-  decoder = codecs.getincrementaldecoder("utf-8")()
-  try:
-    with open(path, "rb") as f:
-      while block := f.read(1 << 24):
-        decoder.decode(block)
-    decoder.decode(b"", final=True)
-    return "utf-8"
-  except UnicodeDecodeError:
-    return "latin-1"
+def _encoding(path: str, encoding: str | None, what: str = "file") -> str:
+  """`encoding`, or what the file is (`textfile.encoding_of`)."""
+  return textfile.encoding_of(path, encoding, what)
 
 
 def decide_encoding(path: str) -> str:
@@ -83,6 +51,7 @@ def decide_encoding(path: str) -> str:
   return _encoding(path, None)
 
 
+@textfile.decompressed
 def read_columns(path: str, columns: Mapping[str, Column], *,
                  sep: str | None = None, header: bool | None = None,
                  encoding: str | None = None, what: str = "file",
@@ -107,14 +76,16 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
     (table, line): a DataFrame with one str column per key of `columns`, and
     the 1-based line number in the file of each row (for messages).
   """
-  _check_file(path, what)
-  encoding = _encoding(path, encoding)
-  first = _first_line(path, encoding)
+  textfile.check_file(path, what)
+  encoding = _encoding(path, encoding, what)
+  first = textfile.first_line(path, encoding)
   if sep is None:
     sep = sniff_separator(first)
   if header is None:
     header = _looks_like_header(first, sep, columns, numeric)
   engine = "python" if len(sep) > 1 else "c"
+  sep_flag, columns_flag = (("--items_sep", "--item_columns")
+                            if what == "items file" else ("--sep", "--columns"))
   try:
     raw = pd.read_csv(path, sep=sep, header=None, dtype=str, engine=engine,
                       encoding=encoding, keep_default_na=False,
@@ -123,7 +94,8 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
     raise UserError(f"{path}: the file is empty") from None
   except pd.errors.ParserError as e:
     detail = str(e).replace("Error tokenizing data. C error: ", "").strip()
-    raise UserError(f"{what} {path}: {detail}; check --sep (used {sep!r}) "
+    raise UserError(f"{what} {path}: {detail}; check {sep_flag} (used "
+                    f"{sep!r}) "
                     "and that every line has the same number of fields"
                     ) from None
   line = np.arange(1, len(raw) + 1)
@@ -141,13 +113,13 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
         raise UserError(
             f"{what} {path}: no column named {col!r} in the header "
             f"{[str(n).strip() for n in names]} (separator {sep!r}); name the "
-            "columns with --columns, or pass --sep")
+            f"columns with {columns_flag}, or pass {sep_flag}")
       col = found[0]
     if col >= raw.shape[1]:
       raise UserError(
           f"{what} {path}: found {raw.shape[1]} column(s) with separator "
           f"{sep!r}, but the {out_name} column is at position {col}; pass "
-          "--sep or --columns")
+          f"{sep_flag} or {columns_flag}")
     values = raw.iloc[:, col]
     missing = values.isna().to_numpy()
     if out_name not in optional:
@@ -157,7 +129,7 @@ def read_columns(path: str, columns: Mapping[str, Column], *,
       raise UserError(
           f"{what} {path}, line {line[i]}: the {out_name} field is missing "
           f"({raw.shape[1]} fields expected, separator {sep!r}); fix the line "
-          "or pass --sep")
+          f"or pass {sep_flag}")
     table[out_name] = values.to_numpy(dtype=object)
   return pd.DataFrame(table), line
 
@@ -195,10 +167,13 @@ def _is_number(text: str) -> bool:
 
 
 def parse_ids(values: np.ndarray) -> np.ndarray:
-  """Returns int64 ids when every value is an integer, else the strings."""
+  """int64 ids when every value is a canonical integer that int64 holds
+  ('7', '-3'; not '07', '+7' or 2^63), else the strings as written."""
   series = pd.Series(values, dtype=object).astype(str).str.strip()
   if series.str.fullmatch(_INT.pattern).all():
-    return series.astype(np.int64).to_numpy()
+    long = series.str.len() > 18  # past 18 digits, check the range
+    if all(-2**63 <= int(v) < 2**63 for v in series[long]):
+      return series.astype(np.int64).to_numpy()
   return series.to_numpy(dtype=object)
 
 
@@ -209,10 +184,18 @@ def parse_numbers(values: np.ndarray, line: np.ndarray, *, path: str,
                           errors="coerce").to_numpy(
       dtype=np.float64)
   bad = ~np.isfinite(numbers)
+  if name == "rating":  # kept in float32
+    bad |= np.abs(np.nan_to_num(numbers)) > np.finfo(np.float32).max
   if bad.any():
     i = int(np.argmax(bad))
+    text = str(values[i]).strip()
     kind = "not a number" if math.isnan(numbers[i]) and not _is_number(
         values[i]) else "not a finite number"
+    if re.fullmatch(r"[+-]?\d+,\d+", text):
+      kind = (f"written with a decimal comma; write {text.replace(',', '.')}"
+              " (the file's separator is not ',')")
+    elif math.isfinite(numbers[i]):
+      kind = "too large for a float32 rating (at most 3.4e38)"
     raise UserError(f"{what} {path}, line {line[i]}: {name} {values[i]!r} is "
                     f"{kind}; fix or remove the line")
   return numbers
@@ -232,8 +215,8 @@ def parse_columns_flag(text: str | Sequence[str] | None) -> list[Column] | None:
 def _auto_columns(path: str, sep: str | None, encoding: str | None,
                   what: str) -> dict[str, Column]:
   """Finds user/item/rating[/timestamp] by header names, else positions."""
-  encoding = _encoding(path, encoding)
-  first = _first_line(path, encoding)
+  encoding = _encoding(path, encoding, what)
+  first = textfile.first_line(path, encoding)
   sep = sep or sniff_separator(first)
   fields = [f.strip().strip('"') for f in _split(first, sep)]
   lower = [f.lower() for f in fields]
@@ -245,6 +228,11 @@ def _auto_columns(path: str, sep: str | None, encoding: str | None,
         break
   if all(k in found for k in ("user", "item", "rating")):
     return found
+  if len(fields) > 2 and re.fullmatch(r"[+-]?\d+,\d+", fields[2]):
+    raise UserError(
+        f"{what} {path}, line 1: rating {fields[2]!r} is written with a "
+        f"decimal comma; write {fields[2].replace(',', '.')} (the file's "
+        "separator is not ',')")
   if any(_is_number(f) for f in fields[2:3]):
     cols = {"user": 0, "item": 1, "rating": 2}
     if len(fields) > 3 and _is_number(fields[3]):
@@ -256,6 +244,7 @@ def _auto_columns(path: str, sep: str | None, encoding: str | None,
       "header name or 0-based position")
 
 
+@textfile.decompressed
 def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
                  sep: str | None = None, header: bool | None = None,
                  encoding: str | None = None,
@@ -280,26 +269,34 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
     timestamp column is named, timestamp (int64). One row per line.
   """
   what = "ratings file"
-  _check_file(path, what)
+  textfile.check_file(path, what)
   # Decided once here: finding it reads the whole file, and the column
   # guess, the fast path and the checked path all need it.
-  encoding = _encoding(path, encoding)
+  encoding = _encoding(path, encoding, what)
   if columns is None:
     cols = _auto_columns(path, sep, encoding, what)
   else:
     if len(columns) not in (3, 4):
       raise UserError(f"--columns names {len(columns)} columns; give 3 "
                       "(user,item,rating) or 4 (user,item,rating,timestamp)")
+    twice = [c for c in columns if list(columns).count(c) > 1]
+    if twice:
+      raise UserError(f"--columns={','.join(map(str, columns))} names column"
+                      f" {twice[0]!r} twice; each of user, item, rating"
+                      "(, timestamp) needs its own")
     cols = dict(zip(("user", "item", "rating", "timestamp"), columns))
+  # Given positions, the first line is a header only if it names columns:
+  # a line whose rating does not parse is reported, never skipped.
+  numeric = "rating" if columns is None else None
   fast = _read_numeric(path, cols, sep=sep, header=header, encoding=encoding,
-                       chunk_rows=chunk_rows)
+                       chunk_rows=chunk_rows, numeric=numeric)
   if fast is not None:
     if len(fast) == 0:
       raise UserError(f"{what} {path} holds no ratings (only a header or "
                       "blank lines)")
     return fast
   raw, line = read_columns(path, cols, sep=sep, header=header,
-                           encoding=encoding, what=what, numeric="rating")
+                           encoding=encoding, what=what, numeric=numeric)
   if len(raw) == 0:
     raise UserError(f"{what} {path} holds no ratings (only a header or blank "
                     "lines)")
@@ -317,18 +314,19 @@ def read_ratings(path: str, *, columns: Sequence[Column] | None = None,
 
 
 def _read_numeric(path: str, cols: Mapping[str, Column], *, sep, header,
-                  encoding, chunk_rows: int) -> pd.DataFrame | None:
+                  encoding, chunk_rows: int, numeric: str | None
+                  ) -> pd.DataFrame | None:
   """The fast path of `read_ratings` (`jaxcf.fastread`), or None when the
   file needs the checked one (string ids, a malformed or non-finite field,
   a multi-character separator, ...): that path then reports or reads it.
   `encoding` is already decided; here the separator, the header and named
   columns' positions are."""
-  first = _first_line(path, encoding)
+  first = textfile.first_line(path, encoding)
   sep = sep or sniff_separator(first)
   if len(sep) != 1:
     return None
   if header is None:
-    header = _looks_like_header(first, sep, cols, "rating")
+    header = _looks_like_header(first, sep, cols, numeric)
   if any(isinstance(c, str) for c in cols.values()):
     if not header:
       return None

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from jaxcf import runinfo
+from jaxcf import runinfo, workdir
 from jaxcf.errors import UserError, saving
 
 
@@ -35,12 +35,22 @@ class Metrics:
   def write(self, row: dict) -> None:
     if not self.path:
       return
+    line = json.dumps(row) + "\n"
+    if not self.started:  # the old file replaced whole, or left as it was
+      with saving(self.path, "the earlier metrics.jsonl is intact"):
+        tmp = workdir.temporary(self.path)
+        with open(tmp, "w") as f:
+          f.write(line)
+          f.flush()
+          os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+      self.started = True
+      return
     with saving(self.path, "every line written before is intact"):
-      with open(self.path, "a" if self.started else "w") as f:
-        f.write(json.dumps(row) + "\n")
+      with open(self.path, "a") as f:
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
-    self.started = True
 
 
 def context(data, config) -> dict:

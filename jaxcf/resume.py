@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -59,14 +60,22 @@ class RunCheckpoints:
     arrays = _arrays(state)
     meta = checkpoint.with_checksums(
         arrays, {"fingerprint": self.fingerprint, **meta})
-    with saving(os.path.join(self.directory, str(index)),
-                "the earlier checkpoints are intact: rerun the same command "
-                "once there is room to resume from the latest"), \
-         checkpoint.quiet():
-      self.manager.save(index, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(arrays),
-          meta=ocp.args.JsonSave(meta)))
-      self.manager.wait_until_finished()
+    earlier = ("the earlier checkpoints are intact: rerun the same command "
+               "once there is room to resume from the latest"
+               if self.manager.latest_step() is not None else
+               "no checkpoint was written yet")
+    with saving(os.path.join(self.directory, str(index)), earlier):
+      try:
+        with checkpoint.quiet():
+          self.manager.save(index, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(arrays),
+              meta=ocp.args.JsonSave(meta)))
+          self.manager.wait_until_finished()
+      except Exception:
+        for entry in os.listdir(self.directory):  # the partial save
+          if entry.startswith(f"{index}.orbax-checkpoint-tmp"):
+            shutil.rmtree(os.path.join(self.directory, entry), True)
+        raise
 
   def restore(self, like) -> tuple[Any, int, dict] | None:
     """(state, index, meta) of the latest intact checkpoint, or None if
@@ -88,6 +97,7 @@ class RunCheckpoints:
         self.log(f"checkpoint {bad} is damaged ({why}); moved it to "
                  f"{self._set_aside(bad)}; resuming from checkpoint {index}")
       if skipped:
+        distributed.barrier("damaged checkpoints set aside")
         self.manager.reload()
       return state, index, meta
     if skipped:
@@ -112,14 +122,15 @@ class RunCheckpoints:
           f"{self.directory} holds checkpoints an older jaxcf wrote, in "
           "another layout; they cannot resume. Use another --workdir, or "
           "--restart to start over")
-    if meta.get("fingerprint") != self.fingerprint:
-      changed = sorted(k for k in set(self.fingerprint) | set(
-          meta.get("fingerprint") or {}) if self.fingerprint.get(k) !=
-                       (meta.get("fingerprint") or {}).get(k))
+    theirs = meta.get("fingerprint") or {}
+    # A setting added since (absent there) is at its default, None.
+    changed = sorted(k for k in set(self.fingerprint) | set(theirs)
+                     if self.fingerprint.get(k) != theirs.get(k))
+    if changed:
       raise UserError(
           f"{self.directory} holds checkpoints of a run with other settings "
-          f"({', '.join(changed)} differ); use another --workdir, or "
-          "--restart to start over")
+          f"({', '.join('--' + k for k in changed)} differ); use another "
+          "--workdir, or --restart to start over")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(like))
     try:
       with checkpoint.quiet(reported=True):
@@ -155,4 +166,7 @@ def _why(e: Exception) -> str:
   """An exception as a short reason."""
   if isinstance(e, UserError):
     return str(e).removeprefix("it is damaged: ")
-  return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+  text = str(e).splitlines()[0] if str(e) else ""
+  if len(text) > 160:
+    text = text[:160].rsplit(" ", 1)[0] + " ..."
+  return f"{type(e).__name__}: {text}"

@@ -75,6 +75,11 @@ class Data:
   sep: str | None = field(None, "Ratings file separator (default: guessed).")
   items_file: str | None = field(None, "Items file with titles.")
   item_columns: str = field("0,1", "Items file columns ID,TITLE.")
+  items_sep: str | None = field(None, "Items file separator (default: "
+                                "guessed).")
+  encoding: str | None = field(None, "Text encoding of the ratings, items "
+                               "and validation files (default: UTF-8, or "
+                               "latin-1 for a file with no UTF-8 in it).")
   item_name: str | None = field(None, "title (the book: 1664 titles) or "
                                 "movie (1682 ids); default: title where "
                                 "there are titles (MovieLens, or "
@@ -115,6 +120,13 @@ class Data:
            "split_seed", self.split_seed, "an integer in [0, 2^32)")
     for name in ("n_users", "n_items", "n_ratings"):
       _check(getattr(self, name) >= 1, name, getattr(self, name), "positive")
+    if self.encoding:
+      import codecs  # pylint: disable=g-import-not-at-top
+      try:
+        codecs.lookup(self.encoding)
+      except LookupError:
+        raise UserError(f"--encoding={self.encoding} is not an encoding "
+                        "Python knows (e.g. utf-8, latin-1, cp1252)") from None
     if self.valid_file and self.split != "random":
       raise UserError("--valid_file and --split both choose the validation "
                       "rows; give one")

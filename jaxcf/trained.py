@@ -60,6 +60,15 @@ class TrainedModel(interpret.Interpretation):
     self.item_counts = np.bincount(t_items, minlength=len(self.items))
     self._seen = pd.Series(t_items).groupby(t_users).agg(
         lambda s: np.unique(s.to_numpy())).to_dict()
+    # Ids and titles both: the ids behind each title (a title-keyed model),
+    # the rows of each title (an id-keyed one).
+    self._ids_of_title: dict = {}
+    for raw, title in self.item_ids.items():
+      self._ids_of_title.setdefault(title, []).append(raw)
+    self._rows_of_title: dict = {}
+    if self.titles is not None and self.item_key != "title":
+      for row, title in enumerate(self.titles[1:], 1):
+        self._rows_of_title.setdefault(title, []).append(row)
 
   @property
   def spec(self) -> dict:
@@ -114,6 +123,13 @@ class TrainedModel(interpret.Interpretation):
     index = int(self.items.encode([key])[0])
     if index == 0 and item in self.item_ids:
       index = int(self.items.encode([self.item_ids[item]])[0])
+    rows = self._rows_of_title.get(item, []) if index == 0 else []
+    if len(rows) > 1:
+      ids = ", ".join(map(repr, self.items.decode(rows).tolist()))
+      raise UserError(f"title {item!r} names {len(rows)} items (ids {ids}); "
+                      "pass the id")
+    if rows:
+      index = rows[0]
     if index == 0:
       what = "title or id" if self.item_key == "title" else "item id"
       raise UserError(f"{what} {item!r} is not in the data the model was "
@@ -128,6 +144,10 @@ class TrainedModel(interpret.Interpretation):
     out = {"item": self.items.decode(indices)}
     if self.titles is not None and self.item_key != "title":
       out["title"] = self.titles[indices]
+    elif self._ids_of_title:  # titles keyed: the id (ids) behind each
+      ids = [sorted(self._ids_of_title.get(t, [])) for t in out["item"]]
+      out = {"item_id": [i[0] if len(i) == 1 else tuple(i) for i in ids],
+             **out}
     out.update(columns)
     return pd.DataFrame(out)
 

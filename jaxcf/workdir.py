@@ -103,63 +103,99 @@ class Workdir:
     return present
 
   def owner(self) -> dict | None:
-    """What W/run.json says W holds (None: no results, so no owner); for a
-    workdir from before run.json, what its files and config.json tell."""
+    """What W holds: {kind, fingerprint, what} from W/run.json; for a
+    workdir from before run.json, what its checkpoints or config.json tell
+    (kind or fingerprint None where they cannot); None if W holds no
+    results. A UserError if run.json is damaged."""
     results = self.results()
     if not results:
       return None
     try:
       with open(self.join(RUN)) as f:
-        return json.load(f)
+        owner = json.load(f)
     except FileNotFoundError:
-      pass
+      return self._legacy_owner(results)
     except (OSError, ValueError) as e:
       raise UserError(f"{self.join(RUN)} cannot be read ({e}); --restart "
                       "moves this run aside and starts over") from None
+    if not (isinstance(owner, dict) and owner.get("kind") in KINDS
+            and isinstance(owner.get("fingerprint"), dict)):
+      raise UserError(f"{self.join(RUN)} is not a jaxcf run.json (damaged?); "
+                      "--restart moves this run aside and starts over")
+    return owner
+
+  def _legacy_owner(self, results: list[str]) -> dict:
     kind = ("sweep" if "sweep.json" in results else
             "single" if {"summary.json", "checkpoints"} & set(results)
             else None)
-    fingerprint = None
-    with contextlib.suppress(OSError, ValueError):
-      from jaxcf import config as config_lib  # pylint: disable=g-import-not-at-top
-      with open(self.join("config.json")) as f:
-        fingerprint = config_lib.fingerprint_of(json.load(f))
+    fingerprint = _checkpoint_fingerprint(self.join("checkpoints"))
+    if fingerprint is None:
+      with contextlib.suppress(OSError, ValueError, AttributeError):
+        from jaxcf import config as config_lib  # pylint: disable=g-import-not-at-top
+        with open(self.join("config.json")) as f:
+          fingerprint = config_lib.fingerprint_of(json.load(f))
     return {"kind": kind, "fingerprint": fingerprint}
 
   def claim(self, kind: str, fingerprint: dict, restart: bool = False,
             what: str = "") -> None:
     """Makes W this run's: refuses it (UserError) if it holds another run's
-    results, unless `restart`, which moves them to W/previous-N/.
+    results, or results it cannot tell the run of, unless `restart`, which
+    moves them to W/previous-N/. Call it once every other check passed.
 
-    kind: "single" or "sweep"; fingerprint: `RunConfig.fingerprint`; what:
-    this run in a few words, for the refusal.
+    kind: "single" or "sweep"; fingerprint: what the result depends on
+    (`RunConfig.fingerprint`); what: this run in a few words.
     """
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
-    owner = self.owner()
-    if owner and restart:
+    what = what or f"a {kind} run"
+    try:
+      owner = self.owner()
+    except UserError:
+      if not restart:
+        raise
+      owner = {}
+    if owner is not None and restart:
       self.log(f"--restart: moved the earlier run to {self._move_aside()}")
-    elif owner:
-      theirs = _describe(owner)
-      if owner.get("kind") and owner["kind"] != kind:
-        raise UserError(
-            f"--workdir={self.path} holds {theirs}; this command is "
-            f"{what or kind}. Use another --workdir, or add --restart to "
-            f"move the {owner['kind']} run to {self.path}/previous-N")
-      differs = _differences(owner.get("fingerprint"), fingerprint)
-      if differs:
-        raise UserError(
-            f"--workdir={self.path} holds {theirs} with other settings "
-            f"({differs}). Rerun with its settings to continue it, use "
-            "another --workdir, or add --restart to move it to "
+    elif owner is not None:
+      self._refuse_unless_same(owner, kind, fingerprint, what)
+    self._write_if_changed(RUN, {"kind": kind, "what": what,
+                                 "fingerprint": fingerprint})
+
+  def _refuse_unless_same(self, owner: dict, kind: str, fingerprint: dict,
+                          what: str) -> None:
+    theirs = owner.get("what") or _KIND_WORDS.get(owner.get("kind"))
+    move = (f"use another --workdir, or add --restart to move it to "
             f"{self.path}/previous-N and start over")
-    self.write_json(RUN, {"kind": kind, "fingerprint": fingerprint})
+    if owner.get("kind") is None or owner.get("fingerprint") is None:
+      raise UserError(
+          f"--workdir={self.path} holds results ({', '.join(self.results())}"
+          ") of a run it cannot tell the settings of (no run.json, "
+          f"config.json or checkpoint says them); {move}")
+    if owner["kind"] != kind:
+      raise UserError(f"--workdir={self.path} holds {theirs}; this command "
+                      f"is {what}. Rerun its command to continue it, or "
+                      f"{move}")
+    differs = _differences(owner["fingerprint"], fingerprint)
+    if differs:
+      raise UserError(f"--workdir={self.path} holds {theirs} with other "
+                      f"settings ({differs}). Rerun with its settings to "
+                      f"continue it, or {move}")
+
+  def _write_if_changed(self, name: str, obj) -> None:
+    """write_json, skipped when the file already holds exactly this (a
+    rerun on a full disk must not fail on a file it need not change)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    with contextlib.suppress(OSError):
+      with open(self.join(name)) as f:
+        if f.read() == text:
+          return
+    self.write_file(name, lambda f: f.write(text), mode="w")
 
   def _move_aside(self) -> str:
     n = 1
-    while os.path.exists(self.join(f"previous-{n}")):
+    while os.path.lexists(self.join(f"previous-{n}")):
       n += 1
     target = self.join(f"previous-{n}")
-    os.mkdir(target)
+    os.mkdir(target)  # (an existing file, folder or link of the name: next)
     for name in RESULTS:
       if os.path.lexists(self.join(name)):
         os.rename(self.join(name), os.path.join(target, name))
@@ -176,7 +212,7 @@ class Workdir:
     """W/name := what write(f) writes into an open file, atomically."""
     path = self.join(name)
     with saving(path, f"the previous {name} is intact"):
-      tmp = path + ".tmp"
+      tmp = temporary(path)
       try:
         with open(tmp, mode) as f:
           write(f)
@@ -195,28 +231,28 @@ class Workdir:
     target, new = self.join(name), self.join(_NEW.format(name))
     with saving(target, f"the previous {name}/ is intact"
                 if os.path.exists(target) else "nothing was written"):
-      shutil.rmtree(new, ignore_errors=True)
+      _remove(new)
       try:
         write(new)
+        _sync_tree(new)
       except BaseException:
         self._remove_partial(name)
         raise
-      _sync_dir(self.path)
-      if not os.path.exists(target):
+      if not os.path.lexists(target):
         os.rename(new, target)
       elif not _exchange(new, target):
         old = self.join(_OLD.format(name))  # two steps; see _clean_leftovers
         os.rename(target, old)
         os.rename(new, target)
         os.rename(old, new)
-      shutil.rmtree(new, ignore_errors=True)  # now the old one
       _sync_dir(self.path)
+      _remove(new)  # now the old one
 
   def _remove_partial(self, name: str) -> None:
     new = _NEW.format(name)
     for entry in os.listdir(self.path):
       if entry == new or entry.startswith(new + ".orbax-checkpoint-tmp"):
-        shutil.rmtree(self.join(entry), ignore_errors=True)
+        _remove(self.join(entry))
 
   def _clean_leftovers(self) -> None:
     """Undoes what a killed save left: temporary files and directories, and
@@ -224,39 +260,84 @@ class Workdir:
     for name in ("model",):
       target, new, old = (self.join(name), self.join(_NEW.format(name)),
                           self.join(_OLD.format(name)))
-      if os.path.exists(old) and not os.path.exists(target):
-        os.rename(new if os.path.exists(new) else old, target)
-      for leftover in (old, new):
-        if os.path.exists(leftover):
-          shutil.rmtree(leftover, ignore_errors=True)
+      if os.path.lexists(old) and not os.path.lexists(target):
+        os.rename(new if os.path.lexists(new) else old, target)
+      _remove(old)
       self._remove_partial(name)
-    for name in RESULTS:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(self.join(name + ".tmp"))
+    for entry in os.listdir(self.path):  # our temporary files only
+      if (entry.startswith(".") and entry.endswith(".tmp")
+          and entry[1:].split(".tmp.", 1)[0] in RESULTS
+          and os.path.isfile(self.join(entry))):
+        os.remove(self.join(entry))
 
 
-def _differences(theirs: dict | None, ours: dict) -> str:
+def _differences(theirs: dict, ours: dict) -> str:
   """The settings that differ between W's run and this one, in words ('':
-  none, or W's are unknown)."""
-  if theirs is None:
-    return ""
-  keys = sorted(set(theirs) | set(ours))
-  if theirs.get("data_hash") is None:  # from config.json: no data hash
-    keys.remove("data_hash")
+  none). A setting absent from W's (added since) is at its default: left
+  out. W's from config.json has no data hash: not compared."""
+  keys = sorted(k for k in set(theirs) & set(ours)
+                if theirs[k] != ours[k]
+                and not (k == "data_hash" and theirs[k] is None))
 
-  def show(v):
-    v = v[0] if isinstance(v, list) and len(v) == 1 else v
-    return json.dumps(v)[:40]
+  def show(a, b):
+    unwrap = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v
+    if json.dumps(unwrap(a)) == json.dumps(unwrap(b)):
+      unwrap = lambda v: v
+    return json.dumps(unwrap(a))[:40], json.dumps(unwrap(b))[:40]
 
   return "; ".join(
-      ("the data's content differs" if k == "data_hash" else
-       f"--{k} {show(theirs.get(k))} there, {show(ours.get(k))} now")
-      for k in keys if theirs.get(k) != ours.get(k))
+      "the data's content differs" if k == "data_hash" else
+      "--{} {} there, {} now".format(k, *show(theirs[k], ours[k]))
+      for k in keys)
 
 
-def _describe(owner: dict) -> str:
-  return {"single": "a single run", "sweep": "a sweep"}.get(
-      owner.get("kind"), "another run")
+KINDS = ("single", "sweep")
+_KIND_WORDS = {"single": "a single run", "sweep": "a sweep"}
+
+
+def temporary(path: str) -> str:
+  """Where a file is written before it is renamed to `path`:
+  `.NAME.tmp.PID.tmp` beside it (cleaned by the next run's open)."""
+  head, name = os.path.split(path)
+  return os.path.join(head, f".{name}.tmp.{os.getpid()}.tmp")
+
+
+def _checkpoint_fingerprint(directory: str) -> dict | None:
+  """The fingerprint in the newest checkpoint's JSON metadata (orbax keeps
+  it in <step>/meta/metadata), or None."""
+  with contextlib.suppress(OSError, ValueError, AttributeError):
+    steps = sorted((int(e) for e in os.listdir(directory) if e.isdigit()),
+                   reverse=True)
+    for step in steps:
+      with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+          found = json.load(f).get("fingerprint")
+        if isinstance(found, dict):
+          return found
+  return None
+
+
+def _remove(path: str) -> None:
+  """Removes a file, link or folder tree (a link itself, never what it
+  points to); nothing if absent."""
+  if os.path.islink(path) or os.path.isfile(path):
+    os.remove(path)
+  elif os.path.isdir(path):
+    shutil.rmtree(path)
+
+
+def _sync_tree(path: str) -> None:
+  """fsyncs every file under path, so that a swapped-in folder survives a
+  power loss whole."""
+  for root, _, files in os.walk(path):
+    for name in files:
+      with contextlib.suppress(OSError):
+        fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        try:
+          os.fsync(fd)
+        finally:
+          os.close(fd)
+    _sync_dir(root)
 
 
 def _sync_dir(path: str) -> None:

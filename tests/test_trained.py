@@ -48,6 +48,35 @@ def test_items_by_title_or_id(tiny):
   assert model.user_index("5") == model.user_index(5)
 
 
+def test_ids_and_titles_side_by_side(tiny, tmp_path):
+  """A title-keyed model (the book's) gives each row's item id(s) beside
+  the title; an id-keyed one gives titles beside ids and takes a title
+  wherever an id goes, refusing one that names several items."""
+  model, _, _ = tiny
+  table = model.recommend(model.users.decode([3])[0], k=30,
+                          exclude_seen=False)
+  assert list(table.columns) == ["item_id", "item", "score"]
+  by_title = dict(zip(table["item"], table["item_id"]))
+  assert by_title.get("Twin (1995)", (1, 2)) == (1, 2)  # two ids, one title
+  assert by_title["Café Olé (1997)"] == 3
+  folder = write_movielens(tmp_path / "ml-100k", n_users=40, n_items=30,
+                           density=0.6)
+  data = datasets.load(datasets.Source(data_dir=str(folder)), seed=0,
+                       item_name="movie", log=None)
+  replica = sweep.Replica(n_factors=4, lr=3e-2, wd=0.01)
+  result = training.fit(replica.create_model(data), data,
+                        training.TrainConfig(epochs=2, batch_size=16,
+                                             lr=3e-2, wd=0.01), log=None)
+  by_id = trained.TrainedModel.from_training(
+      replica, result.state.params, result.state.model_state, data)
+  table = by_id.recommend(by_id.users.decode([3])[0], k=5)
+  assert list(table.columns) == ["item", "title", "score"]
+  assert by_id.item_index("Café Olé (1997)") == by_id.item_index(3)
+  with pytest.raises(UserError, match=r"title 'Twin \(1995\)' names 2 items "
+                     r"\(ids 1, 2\); pass the id"):
+    by_id.item_index("Twin (1995)")
+
+
 def test_unknown_and_validation_only_ids_are_refused(tiny):
   model, _, _ = tiny
   with pytest.raises(UserError, match="user 999 is not in the data"):
@@ -66,7 +95,7 @@ def test_recommend_excludes_seen_and_is_sorted(tiny):
   model, _, _ = tiny
   user = model.users.decode([3])[0]
   recs = model.recommend(user, k=5)
-  assert list(recs.columns) == ["item", "score"] and len(recs) == 5
+  assert list(recs.columns) == ["item_id", "item", "score"] and len(recs) == 5
   assert list(recs["score"]) == sorted(recs["score"], reverse=True)
   seen = set(model.items.decode(model._seen[3]))  # pylint: disable=protected-access
   assert not seen & set(recs["item"])
@@ -82,7 +111,7 @@ def test_recommend_many_equals_one_by_one(tiny):
   model, _, _ = tiny
   users = list(model.users.decode([1, 2, 3]))
   many = model.recommend_many(users, k=4)
-  assert list(many.columns) == ["user", "rank", "item", "score"]
+  assert list(many.columns) == ["user", "rank", "item_id", "item", "score"]
   for u in users:
     one = model.recommend(u, k=4)
     part = many[many["user"] == u]
@@ -344,7 +373,9 @@ def test_models_saved_in_the_first_format_still_load(tiny, tmp_path):
   old = trained.load(str(tmp_path / "old"))
   assert old.specs[0].n_factors == 4 and len(old.specs) == 1
   user = model.users.decode([2])[0]
-  assert old.recommend(user).equals(model.recommend(user))
+  # (the first format kept no item ids, so no item_id column)
+  assert old.recommend(user).equals(
+      model.recommend(user).drop(columns="item_id"))
 
 
 def _mask(rows, items, n_rows, n_items):

@@ -81,9 +81,9 @@ REFUSALS = [
     ("a sweep into a single run", "single", ["--lr=1e-2,2e-2"],
      "holds a single run; this command is a sweep of 2 replicas"),
     ("a single run into a sweep", "sweep", [],
-     "holds a sweep; this command is a single run"),
-    ("another sweep", "sweep", ["--lr=1e-2,3e-2"], "a sweep with other "
-     "settings (--lr [0.01, 0.02] there, [0.01, 0.03] now)"),
+     "holds a sweep of 2 replicas; this command is a single run"),
+    ("another sweep", "sweep", ["--lr=1e-2,3e-2"], "a sweep of 2 replicas "
+     "with other settings (--lr [0.01, 0.02] there, [0.01, 0.03] now)"),
     ("bad flag with --restart", "single", ["--restart", "--wd=nan"],
      "--wd=nan must be a number >= 0"),
     ("--restart with too large --bs", "single", ["--restart", "--bs=100000"],
@@ -106,6 +106,19 @@ REFUSALS = [
     ("every checkpoint damaged", "single:checkpoints", [],
      "every checkpoint in"),
     ("other data", "single:data", [], "the data's content differs"),
+    ("before run.json: other --lr (its checkpoints say)", "single:legacy",
+     ["--lr=0.02"], "--lr 0.005 there, 0.02 now"),
+    ("results nothing identifies", "single:unknown", [],
+     "of a run it cannot tell the settings of"),
+    ("run.json of another shape", "single:shape", [],
+     "is not a jaxcf run.json"),
+    ("--ensemble into a plain sweep", "sweep", ["--lr=1e-2,2e-2",
+                                                "--ensemble"],
+     "--ensemble false there, true now"),
+    ("--restart with a --mesh the devices lack", "single",
+     ["--restart", "--mesh=data:4"], "--mesh"),
+    ("--restart with --row_kernel=cpp and adamw", "single",
+     ["--restart", "--row_kernel=cpp"], "use it with --optimizer"),
 ]
 
 
@@ -123,6 +136,14 @@ def test_refused_runs_leave_the_workdir_byte_identical(
     damage_every_checkpoint(w)
   elif damage == "data":
     data = write_movielens(tmp_path / "other" / "ml-100k", seed=1)
+  elif damage == "legacy":  # a workdir from before run.json
+    (w / "run.json").unlink()
+    (w / "config.json").unlink()
+  elif damage == "unknown":
+    for name in ("run.json", "config.json", "checkpoints"):
+      shutil.rmtree(w / name) if (w / name).is_dir() else (w / name).unlink()
+  elif damage == "shape":
+    (w / "run.json").write_text('{"kind": "single", "fingerprint": [1]}')
   before = snapshot(w)
   extra = [e.format(data=tmp_path) for e in extra]
   capsys.readouterr()
@@ -147,6 +168,20 @@ def test_restart_moves_the_old_run_aside(folder, finished, tmp_path, capsys):
   assert snapshot(w / "previous-1") == before
   assert (w / "previous-2" / "sweep.json").exists()
   assert (w / "summary.json").exists()
+
+
+def test_restart_moves_a_damaged_run_aside_and_odd_names_are_left_alone(
+    folder, finished, tmp_path, capsys):
+  w = tmp_path / "w"
+  shutil.copytree(finished / "single", w)
+  (w / "run.json").write_text('{"kind": "single", "finge')
+  (w / "summary.json.tmp").mkdir()  # a user's folder, not our leftover
+  (w / "previous-1").symlink_to(tmp_path / "nowhere")  # a dangling link
+  assert train_cli(*args(folder, w), "--restart") == 0
+  assert f"moved the earlier run to {w / 'previous-2'}" in (
+      capsys.readouterr().out)
+  assert (w / "previous-2" / "run.json").read_text().startswith('{"kind"')
+  assert (w / "summary.json.tmp").is_dir()
 
 
 def test_the_same_command_again_continues(folder, finished, tmp_path,

@@ -73,16 +73,12 @@ class AutoRec(nn.Module):
     return jnp.clip(scores, clip[0], clip[1])
 
 
-def rating_matrix(ratings: Ratings, n_users: int, n_items: int,
-                  by: str = "item") -> tuple[jax.Array, jax.Array]:
-  """(ratings, observed): float32 [n_items, n_users] (by='item') or the
-  transpose (by='user'); 0 where unrated. Pairs are unique (loading
-  resolves repeated pairs, see `data.resolve_duplicates`)."""
+def matrix_shape(n_users: int, n_items: int, by: str = "item"
+                 ) -> tuple[int, int]:
+  """The rating matrix's shape, or a UserError if it is too big to hold."""
   if by not in registry.BY:
     raise UserError(f"AutoRec by={by!r}: choose one of "
                     f"{', '.join(registry.BY)}")
-  rows, cols = ((ratings.items, ratings.users) if by == "item"
-                else (ratings.users, ratings.items))
   shape = (n_items, n_users) if by == "item" else (n_users, n_items)
   nbytes = 2 * 4 * shape[0] * shape[1]
   if nbytes > MAX_MATRIX_BYTES:
@@ -90,6 +86,17 @@ def rating_matrix(ratings: Ratings, n_users: int, n_items: int,
         f"AutoRec needs the dense {shape[0]:,} x {shape[1]:,} rating matrix "
         f"({nbytes / 2**30:.1f} GiB with its mask); use a factor model "
         f"(dot_bias with a row-wise optimiser) for data this large")
+  return shape
+
+
+def rating_matrix(ratings: Ratings, n_users: int, n_items: int,
+                  by: str = "item") -> tuple[jax.Array, jax.Array]:
+  """(ratings, observed): float32 [n_items, n_users] (by='item') or the
+  transpose (by='user'); 0 where unrated. Pairs are unique (loading
+  resolves repeated pairs, see `data.resolve_duplicates`)."""
+  shape = matrix_shape(n_users, n_items, by)
+  rows, cols = ((ratings.items, ratings.users) if by == "item"
+                else (ratings.users, ratings.items))
   r = jnp.zeros(shape, jnp.float32).at[rows, cols].set(ratings.ratings)
   m = jnp.zeros(shape, jnp.float32).at[rows, cols].set(1.0)
   return r, m
