@@ -19,7 +19,7 @@ from typing import Any, Callable
 from absl import flags
 
 from jaxcf import config as config_lib
-from jaxcf import fullbatch, models, optim, sparse
+from jaxcf import fullbatch, gibbs, models, optim, sparse
 from jaxcf.errors import UserError
 
 PATHS = ("data_dir", "ratings_file", "items_file", "valid_file", "workdir")
@@ -177,6 +177,7 @@ def _refuse_inapplicable(given: set[str], families) -> None:
   """A flag given on the command line that no model of the run reads."""
   names = ",".join(f.name for f in families)
   full_batch = all(f.trainer == "full_batch" for f in families)
+  sampled = all(f.trainer == "gibbs" for f in families)
   for name in sorted(given):
     if name in models.registry.CHECKS and not any(
         name in f.settings for f in families):
@@ -187,3 +188,9 @@ def _refuse_inapplicable(given: set[str], families) -> None:
     if full_batch and name in fullbatch.IGNORED:
       raise UserError(f"--{name} does not apply to --model={names} (it "
                       "trains full-batch with Adam); drop it")
+    if sampled and name in gibbs.IGNORED:
+      raise UserError(f"--{name} does not apply to --model={names} (it is "
+                      "sampled by Gibbs sweeps, not optimised); drop it")
+    if name == "burn_in" and not sampled:
+      raise UserError(f"--burn_in does not apply to --model={names} (bpmf "
+                      "reads it); drop it")

@@ -39,10 +39,10 @@ class RunConfig:
     """The config with epochs, lr and wd left None filled in by the models'
     trainer (`training.DEFAULTS` or `fullbatch.DEFAULTS`), and item_name
     by the data (titles where there are any)."""
-    from jaxcf import fullbatch, training  # pylint: disable=g-import-not-at-top
+    from jaxcf import fullbatch, gibbs, training  # pylint: disable=g-import-not-at-top
     trainer = self.model.families[0].trainer
-    defaults = (fullbatch.DEFAULTS if trainer == "full_batch"
-                else training.DEFAULTS)
+    defaults = {"full_batch": fullbatch.DEFAULTS, "gibbs": gibbs.DEFAULTS,
+                "batches": training.DEFAULTS}[trainer]
     values = {}
     for name, value in defaults.items():
       if getattr(self.train, name) is None:
@@ -69,7 +69,8 @@ class RunConfig:
                       id_dropout=list(m.id_dropout),
                       input_dropout=list(m.input_dropout),
                       param_dtype=[m.param_dtype],
-                      compute_dtype=[m.compute_dtype], lr=list(t.lr),
+                      compute_dtype=[m.compute_dtype],
+                      samples=[m.samples], lr=list(t.lr),
                       wd=list(t.wd), seed=list(t.seed))
 
   def train_config(self, replica=None):
@@ -80,7 +81,8 @@ class RunConfig:
     values = dict(epochs=t.epochs, batch_size=t.bs, pct_start=t.pct_start,
                   div=t.div, div_final=t.div_final, sampling=t.sampling,
                   optimizer=t.optimizer, eval_batch_size=t.eval_bs,
-                  row_kernel=t.row_kernel, eval_every=max(1, t.epochs // 10))
+                  row_kernel=t.row_kernel, eval_every=max(1, t.epochs // 10),
+                  burn_in=t.burn_in)
     if replica is not None:
       values.update(lr=replica.lr, wd=replica.wd, seed=replica.seed)
     return training.TrainConfig(**values)

@@ -24,12 +24,10 @@ import sys
 import jax
 
 from jaxcf import (compilecache, config as config_lib, datasets, distributed,
-                   features, io, models, outputs, placement, plots, ranking,
-                   resume,
-                   sharding, sweep, synthetic, tblog, trained, training,
+                   features, io, models, outputs, plots, preflight, ranking,
+                   resume, sweep, synthetic, tblog, trained, training,
                    workdir as workdir_lib)
 from jaxcf.errors import UserError
-from jaxcf.models import autorec as autorec_family
 
 
 def load_data(config: config_lib.RunConfig, log=print):
@@ -85,7 +83,7 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
   single = (len(replicas) == 1 and not config.output.ensemble
             and replicas[0].family.trainer == "batches")
   if not single:
-    _check_sweep(config)
+    preflight.check_sweep(config)
   phases = outputs.Phases(since_process_start=command)
   with contextlib.ExitStack() as closing:
     workdir = None
@@ -103,11 +101,12 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
     # Synthetic data is a function of its config; files need their content.
     fingerprint = config.fingerprint(
         None if config.data.dataset == "synthetic" else data.content_hash())
-    mesh, model = _preflight(config, replicas, data, single)
+    mesh, model = preflight.check_run(config, replicas, data, single)
     if config.output.workdir:
       n, full_batch = len(replicas), replicas[0].family.trainer != "batches"
-      what = ("a single run" if single else "an AutoRec run" if n == 1
-              and full_batch else f"a sweep of {n} replicas")
+      what = ("a single run" if single else
+              f"a {replicas[0].model} run" if n == 1 and full_batch else
+              f"a sweep of {n} replicas")
       claimed = dict(fingerprint)
       if not single:  # what a sweep saves as its model
         claimed.update(ensemble=config.output.ensemble,
@@ -121,34 +120,6 @@ def train_and_evaluate(config: config_lib.RunConfig, log=print,
       distributed.barrier("finished")  # the others wait while 0 writes
       return summary
     return run_sweep(config, replicas, data, phases, workdir, log)
-
-
-def _preflight(config: config_lib.RunConfig, replicas, data, single: bool):
-  """Every check that can refuse the run, before anything in the workdir
-  changes (a --restart moves the old run only after them). Returns the
-  mesh and model of a single run (else None, None)."""
-  if replicas[0].family.trainer == "full_batch":
-    for replica in replicas:
-      autorec_family.matrix_shape(data.n_users, data.n_items,
-                                  replica.normalised().by)
-    return None, None
-  placement.steps_per_epoch(data.train.size, config.train.bs, None)
-  if not single:
-    return None, None
-  h = config.hosts
-  mesh = sharding.make_mesh(h.mesh) if h.mesh else None
-  model = replicas[0].create_model(data, mesh)
-  train_config = config.train_config(replicas[0])
-  if mesh is not None:
-    sharding.check_batch(train_config.batch_size, mesh)
-    if train_config.row_kernel != "xla":
-      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
-  per_epoch = placement.steps_per_epoch(
-      data.train.size, train_config.batch_size,
-      placement.data_shards(mesh, h.shard_data))
-  training.make_optimizer(model, train_config, per_epoch * train_config.epochs)
-  placement.check_memory(model, data, train_config.batch_size)
-  return mesh, model
 
 
 def _join_processes(config: config_lib.RunConfig) -> None:
@@ -170,20 +141,6 @@ def _join_processes(config: config_lib.RunConfig) -> None:
                            "--workdir")
   if not distributed.is_leader():
     sys.stdout = open(os.devnull, "w")
-
-
-def _check_sweep(config: config_lib.RunConfig) -> None:
-  if jax.process_count() > 1:
-    raise UserError("sweeps run in one process; drop --num_processes")
-  for name, value in (("tensorboard", config.output.tensorboard),
-                      ("mesh", config.hosts.mesh),
-                      ("shard_data", config.hosts.shard_data)):
-    if value:
-      raise UserError(f"--{name} applies to one run; drop it for sweeps")
-  if config.train.row_kernel != "xla":
-    raise UserError(f"--row_kernel={config.train.row_kernel} applies to one "
-                    "run (the kernels do not vmap over replicas); drop it "
-                    "for sweeps")
 
 
 def run_single(config: config_lib.RunConfig, replica, data,
@@ -318,9 +275,12 @@ def run_sweep(config: config_lib.RunConfig, replicas, data,
   hparams = [r.hparams() for r in replicas]
   swept = [k for k in hparams[0]
            if len({json.dumps(h[k]) for h in hparams}) > 1]
-  full_batch = replicas[0].family.trainer == "full_batch"
+  trainer = replicas[0].family.trainer
+  full_batch = trainer != "batches"
   log(f"sweep of {len(replicas)} replicas over {', '.join(swept) or 'nothing'}"
-      + (f", {config.train.epochs} full-batch epochs" if full_batch else "")
+      + (f", {config.train.epochs} full-batch epochs" if trainer ==
+         "full_batch" else f", {config.train.epochs} Gibbs sweeps" if
+         trainer == "gibbs" else "")
       + f"; device {jax.devices()[0].platform}")
   metrics = outputs.Metrics(workdir.path if workdir else None)
   result = sweep.train_sweep(

@@ -105,15 +105,13 @@ def _plain_lines(b: np.ndarray, sep: int, id_columns: Sequence[int]) -> bool:
   if not (_NUMBER_BYTES[b] | is_sep | is_end).all():
     return False
   # A leading zero ('07', '-0') makes an id other than the number: the
-  # checked path keeps such ids as text.
-  zero = np.flatnonzero(b[:-1] == ord("0"))
-  field_start = np.r_[True, is_sep[:-1] | is_end[:-1] | (b[:-1] == ord(" "))
-                      | (b[:-1] == ord("-"))]
-  if (field_start[zero] & (b[zero + 1] >= ord("0"))
-      & (b[zero + 1] <= ord("9"))).any():
+  # checked path keeps such ids as text. (Boolean passes, no index arrays.)
+  zero_then_digit = (b[1:-1] == ord("0")) & (b[2:] - ord("0") < 10)
+  after_start = is_sep[:-2] | is_end[:-2] | (b[:-2] == ord(" "))
+  if (zero_then_digit & after_start).any() or (
+      b[0] == ord("0") and b.size > 1 and 0 <= int(b[1]) - ord("0") < 10):
     return False
-  minus = np.flatnonzero(b[:-1] == ord("-"))
-  if (b[minus + 1] == ord("0")).any():
+  if ((b[:-1] == ord("-")) & (b[1:] == ord("0"))).any():
     return False
   dots = np.flatnonzero(b == ord("."))
   if not dots.size:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from jaxcf import runinfo, workdir
+from jaxcf import fsutil, runinfo
 from jaxcf.errors import UserError, saving
 
 
@@ -38,7 +38,7 @@ class Metrics:
     line = json.dumps(row) + "\n"
     if not self.started:  # the old file replaced whole, or left as it was
       with saving(self.path, "the earlier metrics.jsonl is intact"):
-        tmp = workdir.temporary(self.path)
+        tmp = fsutil.temporary(self.path)
         with open(tmp, "w") as f:
           f.write(line)
           f.flush()

@@ -153,6 +153,8 @@ class Model:
   input_dropout: tuple[float, ...] = field((0.0,), "autorec: the share of "
                                            "input ratings hidden while "
                                            "training (a list sweeps).")
+  samples: int = field(32, "bpmf: posterior samples kept in the saved "
+                       "model (the last this many sweeps).")
   param_dtype: str = field("float32", "float32, or bfloat16: store weights "
                            "and optimiser moments in half the bytes.")
   compute_dtype: str = field("float32", "float32, or bfloat16: compute "
@@ -182,7 +184,7 @@ class Model:
     trainers = {models.get(name).trainer for name in self.model}
     if len(trainers) > 1:
       full = [n for n in self.model if models.get(n).trainer != "batches"]
-      raise UserError(f"--model={full[0]} trains alone (full batch); run "
+      raise UserError(f"--model={full[0]} trains alone (its own trainer); run "
                       "the other models in another command")
 
   @property
@@ -206,6 +208,9 @@ class Train:
                                 "order, or a list; the first also seeds the "
                                 "random split.")
   bs: int = field(64, "Training batch size.")
+  burn_in: int | None = field(None, "bpmf: Gibbs sweeps (--epochs) before "
+                              "the posterior mean starts averaging "
+                              "(default: a quarter of them).")
   pct_start: float = field(0.25, "Share of the cycle spent warming up.")
   div: float = field(25.0, "The cycle starts at lr / div.")
   div_final: float = field(1e5, "The cycle ends at lr / div_final.")

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import (fullbatch, hooks, loop, models, placement, sharding,
+from jaxcf import (fullbatch, gibbs, hooks, loop, models, placement, sharding,
                    steps, training)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
@@ -235,7 +235,8 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
   return outcome, preds, {}, compile_seconds
 
 
-TRAINERS = {"batches": train_group, "full_batch": fullbatch.train_group}
+TRAINERS = {"batches": train_group, "full_batch": fullbatch.train_group,
+            "gibbs": gibbs.train_group}
 
 
 def _results(replicas, outcome: loop.Outcome, preds, shared: dict

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcf import artifact as artifact_lib
-from jaxcf import foldin, interpret, ranking, steps
+from jaxcf import foldin, interpret, ranking, steps, uncertainty
 from jaxcf import features as side_features
 from jaxcf.data import CollabData, Vocab
 from jaxcf.errors import UserError
@@ -153,11 +153,17 @@ class TrainedModel(interpret.Interpretation):
 
   # Predictions and recommendations -----------------------------------------
 
-  def predict(self, users, items, batch_size: int = 8192) -> np.ndarray:
+  def predict(self, users, items, batch_size: int = 8192,
+              return_std: bool = False):
     """Predicted ratings for pairs of user ids and items, any number; one
     user (an id, a str being one id, or a FoldedUser) with many items
-    predicts that user's."""
-    if _one(users) or isinstance(users, FoldedUser):
+    predicts that user's. return_std (bpmf): (mean, std) of the predictive
+    distribution, posterior and noise (`jaxcf.uncertainty`)."""
+    if return_std:
+      if isinstance(users, FoldedUser):
+        raise UserError("return_std is not available for a folded-in user")
+      users = [users] * len(_listed(items)) if _one(users) else users
+    elif _one(users) or isinstance(users, FoldedUser):
       return self.predict_for(users, _listed(items), batch_size=batch_size)
     users, items = list(users), _listed(items)
     if len(users) != len(items):
@@ -165,6 +171,8 @@ class TrainedModel(interpret.Interpretation):
                       f"({len(items)})")
     u = jnp.asarray([self.user_index(x) for x in users], jnp.int32)
     i = jnp.asarray([self.item_index(x) for x in items], jnp.int32)
+    if return_std:
+      return uncertainty.predictive(self.states, u, i)
     return _mean([_predict(s, u, i, batch_size) for s in self.states])
 
   def predict_for(self, user, items: Iterable, times=None,
@@ -195,12 +203,17 @@ class TrainedModel(interpret.Interpretation):
     rows, averaged over the members."""
     return ranking.scorer(self.states, len(self.items))(users)
 
-  def recommend(self, user, k: int = 10, exclude_seen: bool = True
-                ) -> pd.DataFrame:
+  def recommend(self, user, k: int = 10, exclude_seen: bool = True,
+                rank_by: str = "mean") -> pd.DataFrame:
     """The k items with the highest predicted rating for one user (an id or
-    a FoldedUser): a table of item (and title), score."""
+    a FoldedUser): a table of item (and title), score. rank_by (bpmf):
+    'lower' or 'upper' ranks by that end of the central 90% predictive
+    interval instead of the mean (cautious or adventurous picks)."""
     states, row, seen = self._user_states(user)
-    scores = ranking.scorer(states, len(self.items))(np.array([row]))
+    if rank_by != "mean":
+      scores = uncertainty.bound_scores(states, row, len(self.items), rank_by)
+    else:
+      scores = ranking.scorer(states, len(self.items))(np.array([row]))
     top = self._top_k(scores, [seen if exclude_seen else np.zeros(0, int)],
                       k)
     real = np.isfinite(top[0][0])  # fewer candidates than k: fewer rows

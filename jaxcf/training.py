@@ -55,6 +55,7 @@ class TrainConfig:
   eval_batch_size: int = 8192
   row_kernel: str = "xla"
   eval_every: int = 1  # full-batch families: epochs between evaluations
+  burn_in: int | None = None  # bpmf: sweeps before averaging (None: 1/4)
 
 
 OPTIMIZERS = tuple(optim.DENSE) + sparse.KINDS

@@ -28,13 +28,12 @@ what an earlier one left in it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
-import shutil
 from typing import Callable
 
+from jaxcf import fsutil
 from jaxcf.errors import UserError, saving
 
 LOCK, RUN = ".lock", "run.json"
@@ -128,7 +127,7 @@ class Workdir:
     kind = ("sweep" if "sweep.json" in results else
             "single" if {"summary.json", "checkpoints"} & set(results)
             else None)
-    fingerprint = _checkpoint_fingerprint(self.join("checkpoints"))
+    fingerprint = fsutil.checkpoint_fingerprint(self.join("checkpoints"))
     if fingerprint is None:
       with contextlib.suppress(OSError, ValueError, AttributeError):
         from jaxcf import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -212,7 +211,7 @@ class Workdir:
     """W/name := what write(f) writes into an open file, atomically."""
     path = self.join(name)
     with saving(path, f"the previous {name} is intact"):
-      tmp = temporary(path)
+      tmp = fsutil.temporary(path)
       try:
         with open(tmp, mode) as f:
           write(f)
@@ -223,7 +222,7 @@ class Workdir:
         with contextlib.suppress(OSError):
           os.remove(tmp)
         raise
-      _sync_dir(self.path)
+      fsutil.sync_dir(self.path)
 
   def replace_dir(self, name: str, write: Callable[[str], None]) -> None:
     """W/name := the directory write(path) creates at `path`, swapped in
@@ -231,28 +230,28 @@ class Workdir:
     target, new = self.join(name), self.join(_NEW.format(name))
     with saving(target, f"the previous {name}/ is intact"
                 if os.path.exists(target) else "nothing was written"):
-      _remove(new)
+      fsutil.remove(new)
       try:
         write(new)
-        _sync_tree(new)
+        fsutil.sync_tree(new)
       except BaseException:
         self._remove_partial(name)
         raise
       if not os.path.lexists(target):
         os.rename(new, target)
-      elif not _exchange(new, target):
+      elif not fsutil.exchange(new, target):
         old = self.join(_OLD.format(name))  # two steps; see _clean_leftovers
         os.rename(target, old)
         os.rename(new, target)
         os.rename(old, new)
-      _sync_dir(self.path)
-      _remove(new)  # now the old one
+      fsutil.sync_dir(self.path)
+      fsutil.remove(new)  # now the old one
 
   def _remove_partial(self, name: str) -> None:
     new = _NEW.format(name)
     for entry in os.listdir(self.path):
       if entry == new or entry.startswith(new + ".orbax-checkpoint-tmp"):
-        _remove(self.join(entry))
+        fsutil.remove(self.join(entry))
 
   def _clean_leftovers(self) -> None:
     """Undoes what a killed save left: temporary files and directories, and
@@ -262,7 +261,7 @@ class Workdir:
                           self.join(_OLD.format(name)))
       if os.path.lexists(old) and not os.path.lexists(target):
         os.rename(new if os.path.lexists(new) else old, target)
-      _remove(old)
+      fsutil.remove(old)
       self._remove_partial(name)
     for entry in os.listdir(self.path):  # our temporary files only
       if (entry.startswith(".") and entry.endswith(".tmp")
@@ -293,75 +292,3 @@ def _differences(theirs: dict, ours: dict) -> str:
 
 KINDS = ("single", "sweep")
 _KIND_WORDS = {"single": "a single run", "sweep": "a sweep"}
-
-
-def temporary(path: str) -> str:
-  """Where a file is written before it is renamed to `path`:
-  `.NAME.tmp.PID.tmp` beside it (cleaned by the next run's open)."""
-  head, name = os.path.split(path)
-  return os.path.join(head, f".{name}.tmp.{os.getpid()}.tmp")
-
-
-def _checkpoint_fingerprint(directory: str) -> dict | None:
-  """The fingerprint in the newest checkpoint's JSON metadata (orbax keeps
-  it in <step>/meta/metadata), or None."""
-  with contextlib.suppress(OSError, ValueError, AttributeError):
-    steps = sorted((int(e) for e in os.listdir(directory) if e.isdigit()),
-                   reverse=True)
-    for step in steps:
-      with contextlib.suppress(OSError, ValueError, AttributeError):
-        with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-          found = json.load(f).get("fingerprint")
-        if isinstance(found, dict):
-          return found
-  return None
-
-
-def _remove(path: str) -> None:
-  """Removes a file, link or folder tree (a link itself, never what it
-  points to); nothing if absent."""
-  if os.path.islink(path) or os.path.isfile(path):
-    os.remove(path)
-  elif os.path.isdir(path):
-    shutil.rmtree(path)
-
-
-def _sync_tree(path: str) -> None:
-  """fsyncs every file under path, so that a swapped-in folder survives a
-  power loss whole."""
-  for root, _, files in os.walk(path):
-    for name in files:
-      with contextlib.suppress(OSError):
-        fd = os.open(os.path.join(root, name), os.O_RDONLY)
-        try:
-          os.fsync(fd)
-        finally:
-          os.close(fd)
-    _sync_dir(root)
-
-
-def _sync_dir(path: str) -> None:
-  """Makes the renames inside `path` durable."""
-  with contextlib.suppress(OSError):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-
-
-_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
-
-
-def _exchange(a: str, b: str) -> bool:
-  """Swaps two paths in one step (Linux renameat2); False where the
-  system or file system cannot."""
-  try:
-    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-  except (AttributeError, OSError):
-    return False
-  renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                        ctypes.c_char_p, ctypes.c_uint]
-  done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
-                   _RENAME_EXCHANGE)
-  return done == 0

@@ -34,6 +34,8 @@ def replica(name: str, **changes) -> sweep.Replica:
   base = dict(model=name, n_factors=4, layers=(8,), lr=2e-2, wd=0.01)
   if name == "autorec":
     base.update(layers=(16,), lr=1e-2, wd=1.0)
+  if name == "bpmf":
+    base.update(samples=8)
   return sweep.Replica(**{**base, **changes}).normalised()
 
 
@@ -44,9 +46,9 @@ def trained_models(tiny):
   out = {}
   for name in FAMILIES:
     rep = replica(name)
-    full = rep.family.trainer == "full_batch"
+    full = rep.family.trainer != "batches"  # AutoRec, BPMF: 30 (sweeps)
     config = training.TrainConfig(epochs=30 if full else 3, batch_size=16,
-                                  eval_every=10)
+                                  eval_every=10, burn_in=10)
     [result] = sweep.train_sweep([rep], tiny, config, log=None).results
     out[name] = (result, trained.TrainedModel.from_training(
         rep, result.params, result.model_state, tiny))
@@ -162,7 +164,8 @@ def test_sweep_groups_by_what_is_compiled(name):
   for setting in family.settings:
     other = {"n_factors": 6, "layers": (12,), "y_range": (0.5, 5.0),
              "id_dropout": 0.25, "input_dropout": 0.25, "by": "user",
-             "param_dtype": "bfloat16", "compute_dtype": "bfloat16"}[setting]
+             "param_dtype": "bfloat16", "compute_dtype": "bfloat16",
+             "samples": 4}[setting]
     changed = dataclasses.replace(base, **{setting: other}).normalised()
     assert changed != base
     same = changed.group_key() == base.group_key()
@@ -173,7 +176,8 @@ def test_sweep_groups_by_what_is_compiled(name):
               "y_range": [(0.0, 5.0), (1.0, 5.0)], "id_dropout": [0.0, 0.5],
               "input_dropout": [0.0, 0.5], "by": ["item", "user"],
               "param_dtype": ["float32", "bfloat16"],
-              "compute_dtype": ["float32", "bfloat16"]}[setting]
+              "compute_dtype": ["float32", "bfloat16"],
+              "samples": [4, 8]}[setting]
     with pytest.raises(UserError, match=f"--{setting} does not apply"):
       sweep.grid(model=[name], **{setting: values})
   # With a family that reads it, the list is kept and this one collapses.

@@ -10,7 +10,6 @@ import string
 import zipfile
 
 from hypothesis import given, settings, strategies as st
-import numpy as np
 import pytest
 
 from jaxcf import io, items, textfile

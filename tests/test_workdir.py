@@ -6,7 +6,6 @@ In-process except where the contract is about processes (the lock, kills).
 """
 
 import errno
-import fcntl
 import hashlib
 import os
 from pathlib import Path

@@ -18,7 +18,7 @@ every question the rest of jaxcf asks about it:
 
 Families: `dot`, `dot_bias` (`dot.py`), `collab_nn`, `embedding_nn`
 (`mlp.py`), `side_nn` (`side.py`), `gmf` (`gmf.py`), `autorec`
-(`autorec.py`). Shared layers and fastai's initialisation: `layers.py`.
+(`autorec.py`), `bpmf` (`bpmf.py`). Shared layers and fastai's initialisation: `layers.py`.
 
 Adding a family (`gmf.py` is the worked example, ~60 lines):
 1. Write `jaxcf/models/<name>.py`: the module (use `layers.embed` for
@@ -39,4 +39,4 @@ from jaxcf.models.registry import (DTYPES, FAMILIES, Family, Spec, build,
                                    param_bytes, register)
 
 # The families register themselves when imported, in the order --help lists.
-from jaxcf.models import dot, mlp, side, gmf, autorec  # pylint: disable=g-bad-import-order
+from jaxcf.models import dot, mlp, side, gmf, autorec, bpmf  # pylint: disable=g-bad-import-order

@@ -43,6 +43,7 @@ CHECKS = {
     "id_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "input_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "by": (lambda v: v in BY, f"one of {', '.join(BY)}"),
+    "samples": (_positive_int, "a positive integer"),
     "param_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     "compute_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
 }
@@ -61,6 +62,7 @@ class Spec:
     id_dropout: side_nn: the share of user ids hidden in training.
     input_dropout: autorec: the share of input ratings hidden in training.
     by: autorec: 'item' (I-AutoRec) or 'user' (U-AutoRec).
+    samples: bpmf: posterior samples kept in the model.
     param_dtype, compute_dtype: 'float32' or 'bfloat16' (see `create`).
   """
   model: str = "dot_bias"
@@ -70,6 +72,7 @@ class Spec:
   id_dropout: float | None = 0.0
   input_dropout: float | None = 0.0
   by: str | None = "item"
+  samples: int | None = None
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
 
@@ -169,8 +172,9 @@ class Family:
       the order of `user_rows`, concatenate to w [d] is X @ w + offset.
     user_rows: the user tables a fold-in fits, in `design`'s order.
     needs_side: whether the module needs the data's side features.
-    trainer: 'batches' (minibatches of ratings, `jaxcf.training`) or
-      'full_batch' (whole rating columns, `jaxcf.fullbatch`).
+    trainer: 'batches' (minibatches of ratings, `jaxcf.training`),
+      'full_batch' (whole rating columns, `jaxcf.fullbatch`) or 'gibbs'
+      (a sampler, `jaxcf.gibbs`).
     scores: optional (variables, module, users int [U]) -> [U, n_items]
       scores of every item, where that is much cheaper than predicting
       each pair (AutoRec decodes each item's column once).

@@ -1,0 +1,330 @@
+"""Gibbs sampling for `bpmf` (`jaxcf.models.bpmf`): chains vmapped, sweeps
+under `lax.scan`.
+
+One sweep draws, in turn, from each conditional given the rest (Salakhutdinov
+& Mnih 2008, with biases and a sampled noise precision):
+
+  users' hyperparameters  (mu_U, Lam_U) ~ Normal-Wishart(mu0=0, beta0=2,
+                          W0=I, nu0=k) updated by the N user rows
+  each user's factors     U_u ~ N(P_u^-1 h_u, P_u^-1),
+                          P_u = Lam_U + alpha sum_i V_i V_i^T,
+                          h_u = Lam_U mu_U + alpha sum_i V_i e_ui,
+                          e_ui = r_ui - m - b_u - c_i   (i rated by u)
+  (the same for items, with U and V swapped)
+  each user's bias        b_u ~ N(alpha sum_i d_ui / p_u, 1 / p_u),
+                          p_u = lam_b + alpha n_u, d_ui = r_ui - m - c_i -
+                          U_u . V_i   (items alike), lam_b ~ Gamma(1 + n/2,
+                          1 + sum b^2 / 2)
+  the noise precision     alpha ~ Gamma(1 + N/2, 1 + SSE/2)
+
+All rows at once: the per-row precision matrices are one matmul of the
+0/1 rating mask with the rows' outer products, then batched Cholesky
+factors, solves and draws. m is the training mean. After `burn_in` sweeps
+every sweep's validation predictions enter a running mean (the posterior
+mean, no samples stored: what the metrics rows report), and S draws spread
+evenly over those sweeps are kept for the saved model (which predicts
+their mean).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcf import loop, steps
+from jaxcf.data import CollabData
+from jaxcf.errors import UserError
+
+# What a Gibbs run uses: epochs are sweeps; lr and wd mean nothing.
+DEFAULTS = {"epochs": 200, "lr": 1.0, "wd": 0.0}
+IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
+           "row_kernel", "param_dtype", "compute_dtype", "mesh",
+           "shard_data", "checkpoint_steps", "checkpoint_every", "eval_bs",
+           "tensorboard", "lr", "wd", "input_dropout")
+MAX_MASK_BYTES = 2 << 30
+
+
+@flax.struct.dataclass
+class Side:
+  """One side's draw: factors [n, k], biases [n], their hyperparameters."""
+  factors: jax.Array
+  bias: jax.Array
+  mu: jax.Array       # [k]
+  lam: jax.Array      # [k, k]
+  bias_lam: jax.Array  # []
+
+
+@flax.struct.dataclass
+class Chain:
+  users: Side
+  items: Side
+  alpha: jax.Array
+  key: jax.Array
+  sweep: jax.Array        # sweeps done
+  valid_sum: jax.Array    # [n_valid]: sum of post-burn-in predictions
+  averaged: jax.Array     # how many entered valid_sum
+  kept: dict              # the last S sweeps' draws (a ring buffer)
+
+
+def wishart(key, scale_chol, df):
+  """A Wishart(W, df) draw, W = L L^T (Bartlett): L A A^T L^T."""
+  k = scale_chol.shape[-1]
+  kn, kc = jax.random.split(key)
+  chi2 = 2.0 * jax.random.gamma(kc, (df - jnp.arange(k)) / 2.0)
+  a = jnp.tril(jax.random.normal(kn, (k, k)), -1) + jnp.diag(jnp.sqrt(chi2))
+  la = scale_chol @ a
+  return la @ la.T
+
+
+def normal_wishart(key, x, weight, beta0=2.0):
+  """(mu, Lam) given rows x [n, k] (weight [n]: 1 for rows that count), the
+  prior mu0 = 0, beta0, W0 = I, nu0 = k."""
+  k = x.shape[-1]
+  n = jnp.sum(weight)
+  mean = jnp.sum(x * weight[:, None], 0) / n
+  centred = (x - mean) * weight[:, None]
+  scatter = centred.T @ centred
+  beta = beta0 + n
+  w_inv = (jnp.eye(k) + scatter + beta0 * n / beta * jnp.outer(mean, mean))
+  w_chol = jnp.linalg.cholesky(jnp.linalg.inv(w_inv))
+  kl, km = jax.random.split(key)
+  lam = wishart(kl, w_chol, k + n)
+  mu_mean = n * mean / beta
+  lam_chol = jnp.linalg.cholesky(beta * lam)
+  mu = mu_mean + jax.scipy.linalg.solve_triangular(
+      lam_chol.T, jax.random.normal(km, (k,)), lower=False)
+  return mu, lam
+
+
+def gaussian_rows(key, precision, shift):
+  """Draws x_r ~ N(P_r^-1 h_r, P_r^-1) for every row r: precision [n, k, k],
+  shift h [n, k]."""
+  chol = jnp.linalg.cholesky(precision)
+  mean = jax.scipy.linalg.cho_solve((chol, True), shift[..., None])[..., 0]
+  z = jax.random.normal(key, shift.shape)
+  noise = jax.scipy.linalg.solve_triangular(
+      jnp.swapaxes(chol, -1, -2), z[..., None], lower=False)[..., 0]
+  return mean + noise
+
+
+def row_posterior(other, mask, residual, alpha, mu, lam):
+  """(P [n, k, k], h [n, k]) of every row's factors given the other side's
+  [m, k]: mask [n, m] (0/1), residual [n, m] (e, 0 where unrated). The
+  Gram matrices sum_i V_i V_i^T are one matmul of the mask with the rows'
+  flattened outer products."""
+  k = other.shape[-1]
+  outer = (other[:, :, None] * other[:, None, :]).reshape(-1, k * k)
+  gram = (mask @ outer).reshape(-1, k, k)
+  return lam + alpha * gram, lam @ mu + alpha * (residual @ other)
+
+
+def factor_rows(key, other, mask, residual, alpha, mu, lam):
+  """Every row's factors drawn from `row_posterior`."""
+  return gaussian_rows(key, *row_posterior(other, mask, residual, alpha, mu,
+                                           lam))
+
+
+def bias_rows(key, mask, residual, alpha, lam_b):
+  """Every row's bias: residual [n, m] (d, 0 where unrated)."""
+  precision = lam_b + alpha * jnp.sum(mask, 1)
+  mean = alpha * jnp.sum(residual, 1) / precision
+  return mean + jax.random.normal(key, mean.shape) / jnp.sqrt(precision)
+
+
+def gamma_precision(key, sum_squares, count, a0=1.0, b0=1.0):
+  """A precision ~ Gamma(a0 + count/2, rate b0 + sum_squares/2)."""
+  return jax.random.gamma(key, a0 + count / 2.0) / (b0 + sum_squares / 2.0)
+
+
+def sweep(chain: Chain, r, mask, row_weight, mean):
+  """One Gibbs sweep over both sides. r, mask: float32 [n_users, n_items]
+  (ratings, 0/1 observed); row_weight: (users [n_users], items [n_items])
+  1 for rows that exist (not '#na#')."""
+  keys = jax.random.split(jax.random.fold_in(chain.key, chain.sweep), 9)
+  u, v, alpha = chain.users, chain.items, chain.alpha
+  # Users, then items, each given the other's latest draw.
+  mu, lam = normal_wishart(keys[0], u.factors, row_weight[0])
+  e = mask * (r - mean - u.bias[:, None] - v.bias[None, :])
+  uf = factor_rows(keys[1], v.factors, mask, e, alpha, mu, lam)
+  d = mask * (r - mean - v.bias[None, :] - uf @ v.factors.T)
+  lam_bu = gamma_precision(keys[2], jnp.sum(row_weight[0] * u.bias**2),
+                           jnp.sum(row_weight[0]))
+  ub = bias_rows(keys[3], mask, d, alpha, lam_bu) * row_weight[0]
+  u = Side(uf * row_weight[0][:, None], ub, mu, lam, lam_bu)
+  mu, lam = normal_wishart(keys[4], v.factors, row_weight[1])
+  e = mask * (r - mean - u.bias[:, None] - v.bias[None, :])
+  vf = factor_rows(keys[5], u.factors, mask.T, e.T, alpha, mu, lam)
+  d = mask * (r - mean - u.bias[:, None] - u.factors @ vf.T)
+  lam_bi = gamma_precision(keys[6], jnp.sum(row_weight[1] * v.bias**2),
+                           jnp.sum(row_weight[1]))
+  vb = bias_rows(keys[7], mask.T, d.T, alpha, lam_bi) * row_weight[1]
+  v = Side(vf * row_weight[1][:, None], vb, mu, lam, lam_bi)
+  err = mask * (r - mean - u.bias[:, None] - v.bias[None, :]
+                - u.factors @ v.factors.T)
+  sse = jnp.sum(err**2)
+  alpha = gamma_precision(keys[8], sse, jnp.sum(mask))
+  return chain.replace(users=u, items=v, alpha=alpha,
+                       sweep=chain.sweep + 1), sse / jnp.sum(mask)
+
+
+def _check_scheduler() -> None:
+  """On the CPU the sweep needs XLA's concurrency-optimised scheduler off
+  (it deadlocks there); jaxcf turns it off when imported before JAX starts
+  (`jaxcf.CPU_SCHEDULER_FLAG`)."""
+  import jaxcf  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu" and not jaxcf.CPU_SCHEDULER_OFF:
+    raise UserError("bpmf on the CPU needs XLA_FLAGS="
+                    f"{jaxcf.CPU_SCHEDULER_FLAG} before JAX starts: import "
+                    "jaxcf before running anything in JAX, or set it")
+
+
+def _side(key, n, k, weight):
+  return Side(factors=0.1 * jax.random.normal(key, (n, k)) * weight[:, None],
+              bias=jnp.zeros(n), mu=jnp.zeros(k), lam=jnp.eye(k),
+              bias_lam=jnp.ones(()))
+
+
+def check(spec, config, n_u: int, n_i: int) -> int:
+  """The burn-in of a run of `spec` (normalised) under `config` (a
+  `training.TrainConfig`), or a UserError for settings it cannot run."""
+  _check_scheduler()
+  sweeps, kept = config.epochs, spec.samples
+  burn = sweeps // 4 if config.burn_in is None else config.burn_in
+  if not 0 <= burn < sweeps:
+    raise UserError(f"--burn_in={burn} must lie in [0, --epochs={sweeps}): "
+                    "the sweeps after it make the posterior mean")
+  if sweeps - burn < kept:
+    raise UserError(f"--epochs={sweeps} with --burn_in={burn} leaves "
+                    f"{sweeps - burn} sweeps, fewer than the {kept} the "
+                    "model keeps (--samples); raise --epochs or lower "
+                    "--samples or --burn_in")
+  if 8 * n_u * n_i > MAX_MASK_BYTES:
+    raise UserError(f"bpmf here holds the dense {n_u:,} x {n_i:,} rating "
+                    "matrix and its mask; for data this large use dot_bias "
+                    "with a row-wise optimiser")
+  return burn
+
+
+def train_group(replicas: Sequence, data: CollabData, config,
+                run_hooks: Sequence[loop.Hook],
+                log: Callable[[str], None] | None):
+  """Runs one Gibbs chain per replica (its seed), vmapped. Returns (loop
+  outcome, posterior mean validation predictions [R, n_valid], shared
+  variables (none), compile seconds); the outcome's state holds each
+  chain's model parameters (`models.bpmf.BPMF`)."""
+  first = replicas[0].normalised()
+  k, kept = first.n_factors, first.samples
+  n_u, n_i = data.n_users, data.n_items
+  sweeps = config.epochs
+  burn = check(first, config, n_u, n_i)
+  tu, ti, tr = (np.asarray(x) for x in data.train[:3])
+  r = jnp.zeros((n_u, n_i), jnp.float32).at[tu, ti].set(tr)
+  mask = jnp.zeros((n_u, n_i), jnp.float32).at[tu, ti].set(1.0)
+  weight = (jnp.ones(n_u).at[0].set(0.0), jnp.ones(n_i).at[0].set(0.0))
+  mean = float(np.mean(tr))
+  clip = jnp.asarray([tr.min(), tr.max()], jnp.float32)
+  vu, vi = data.valid.users, data.valid.items
+  thin = max(1, (sweeps - burn) // kept)
+
+  # The matrices go in as arguments: as constants baked into the program,
+  # XLA's constant folding takes minutes on them.
+  matrices = {"r": r, "mask": mask, "weight": weight, "vu": vu, "vi": vi,
+              "valid": data.valid.ratings}
+
+  def draw_valid(c: Chain, m):
+    return (mean + c.users.bias[m["vu"]] + c.items.bias[m["vi"]]
+            + jnp.sum(c.users.factors[m["vu"]] * c.items.factors[m["vi"]], -1))
+
+  def init(seed):
+    key = jax.random.key(seed)
+    ku, ki = jax.random.split(jax.random.fold_in(key, 1))
+    buffer = {"uf": jnp.zeros((kept, n_u, k)), "vf": jnp.zeros((kept, n_i, k)),
+              "ub": jnp.zeros((kept, n_u)), "vb": jnp.zeros((kept, n_i)),
+              "noise": jnp.ones(kept)}
+    return Chain(_side(ku, n_u, k, weight[0]), _side(ki, n_i, k, weight[1]),
+                 jnp.asarray(2.0), key, jnp.zeros((), jnp.int32),
+                 jnp.zeros(vu.shape), jnp.zeros(()), buffer)
+
+  def step(c: Chain, m):
+    c, mse = sweep(c, m["r"], m["mask"], m["weight"], mean)
+    after = c.sweep > burn
+    # Keep S draws spread evenly over the sweeps after the burn-in.
+    j = c.sweep - burn
+    keep = after & (j % thin == 0) & (j // thin <= kept)
+    slot = jnp.clip(j // thin - 1, 0, kept - 1)
+    draws = {"uf": c.users.factors, "vf": c.items.factors,
+             "ub": c.users.bias, "vb": c.items.bias, "noise": 1.0 / c.alpha}
+    kept_now = jax.tree.map(
+        lambda buf, x: jnp.where(keep, buf.at[slot].set(x), buf),
+        c.kept, draws)
+    c = c.replace(valid_sum=c.valid_sum + jnp.where(after, draw_valid(c, m),
+                                                    0),
+                  averaged=c.averaged + after, kept=kept_now)
+    return c, mse
+
+  def train(state, sweep_ids, m):
+    one = lambda c: jax.lax.scan(lambda c, _: step(c, m), c, sweep_ids)
+    return jax.vmap(one)(state)
+
+  def predictions(c: Chain, m):
+    running = jnp.where(c.averaged > 0, c.valid_sum / jnp.maximum(
+        c.averaged, 1), draw_valid(c, m))
+    return jnp.clip(running, clip[0], clip[1])
+
+  def evaluate(state, m):
+    return jax.vmap(lambda c: steps.error_metrics(
+        predictions(c, m), m["valid"]))(state)
+
+  state = jax.vmap(init)(jnp.asarray([x.seed for x in replicas], jnp.uint32))
+  every = max(1, min(config.eval_every, sweeps))
+  inputs = lambda start, count: np.arange(start, start + count,
+                                          dtype=np.int32)
+  start = time.perf_counter()
+  compiled = jax.jit(train, donate_argnums=0).lower(
+      state, inputs(0, every), matrices).compile()
+  run_eval = jax.jit(evaluate).lower(state, matrices).compile()
+  later = jax.jit(train, donate_argnums=0)  # a shorter last call
+  compile_seconds = time.perf_counter() - start
+  if log:
+    log(f"compiled {len(replicas)} Gibbs chain(s) of bpmf ({k} factors, "
+        f"burn-in {burn} of {sweeps} sweeps) in {compile_seconds:.2f}s")
+  program = loop.Program(
+      steps_per_epoch=1, epochs=sweeps, chunk=every, report_every=every,
+      inputs=inputs,
+      train=lambda s, e: (compiled if len(e) == every else later)(
+          s, e, matrices),
+      evaluate=lambda s: run_eval(s, matrices),
+      lr=lambda s: jnp.zeros(len(replicas)),
+      replicas=len(replicas))
+  outcome = loop.train_program(program, state, run_hooks,
+                               show_progress=log is not None)
+  final = outcome.state
+  module = replicas[0].create_model(data)
+  params = jax.vmap(lambda c: model_params(c.kept, mean, clip))(final)
+  outcome.state = steps.TrainState(
+      step=jnp.zeros([len(replicas)], jnp.int32), params=params,
+      model_state={}, opt_state=None, rng=final.key, model=module, tx=None)
+  # What the saved model predicts (its S kept draws), for ensembles; the
+  # rows' valid loss is the running mean over every sweep after burn-in.
+  preds = jax.vmap(lambda p: module.apply({"params": p}, vu, vi))(params)
+  return outcome, preds, {}, compile_seconds
+
+
+def model_params(kept: dict, mean, clip) -> dict:
+  """The BPMF module's parameters from S kept draws (see its docstring)."""
+  s = kept["uf"].shape[0]
+  stack = lambda f: jnp.swapaxes(f, 0, 1).reshape(f.shape[1], -1) / jnp.sqrt(s)
+  ub, vb = kept["ub"].T, kept["vb"].T  # [n, S]
+  return {"user_factors": {"embedding": stack(kept["uf"])},
+          "item_factors": {"embedding": stack(kept["vf"])},
+          "user_bias": {"embedding": ub.mean(1, keepdims=True)},
+          "item_bias": {"embedding": vb.mean(1, keepdims=True)},
+          "user_spread": ub - ub.mean(1, keepdims=True),
+          "item_spread": vb - vb.mean(1, keepdims=True),
+          "noise": kept["noise"], "mean": jnp.asarray(mean, jnp.float32),
+          "clip": clip}

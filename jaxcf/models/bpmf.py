@@ -1,0 +1,108 @@
+"""`bpmf`: Bayesian probabilistic matrix factorisation (Salakhutdinov & Mnih
+2008) with user and item biases (as in Rendle, Zhang & Koren 2019), trained
+by Gibbs sampling (`jaxcf.gibbs`), not by an optimiser.
+
+    r_ui ~ N(m + b_u + c_i + U_u . V_i, 1 / alpha)
+
+The saved model is the posterior through S kept samples (s = 1..S). Their
+factors are stored side by side, each scaled by 1/sqrt(S), so that one dot
+product of the concatenated rows [S * k] is the posterior mean of U_u . V_i:
+
+    sum_s (U_u^s / sqrt S) . (V_i^s / sqrt S) = mean_s U_u^s . V_i^s
+
+and the model predicts, ranks, finds similar items and folds in users like
+`dot_bias`. The biases are stored as their posterior means plus each
+sample's deviation ('spread'), with each sample's noise variance 1/alpha^s:
+`predictive` gives the mean and standard deviation of the predictive
+distribution (posterior and noise), for intervals.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcf.models import registry
+
+
+class BPMF(nn.Module):
+  """(users, items) [batch] -> posterior mean ratings [batch] (float32),
+  clipped to the training ratings' range."""
+  n_users: int
+  n_items: int
+  n_factors: int = 10
+  samples: int = 32
+
+  def setup(self):
+    width = self.samples * self.n_factors
+    zeros = nn.initializers.zeros
+    self.user_factors = nn.Embed(self.n_users, width, embedding_init=zeros)
+    self.item_factors = nn.Embed(self.n_items, width, embedding_init=zeros)
+    self.user_bias = nn.Embed(self.n_users, 1, embedding_init=zeros)
+    self.item_bias = nn.Embed(self.n_items, 1, embedding_init=zeros)
+    s = self.samples
+    self.user_spread = self.param("user_spread", zeros, (self.n_users, s))
+    self.item_spread = self.param("item_spread", zeros, (self.n_items, s))
+    self.noise = self.param("noise", nn.initializers.ones, (s,))
+    self.mean = self.param("mean", zeros, ())
+    self.clip = self.param("clip", lambda *_: jnp.asarray([1.0, 5.0]), ())
+
+  def _mean(self, users, items):
+    x = jnp.sum(self.user_factors(users) * self.item_factors(items), -1)
+    return (x + self.user_bias(users)[..., 0] + self.item_bias(items)[..., 0]
+            + self.mean)
+
+  def __call__(self, users, items, train: bool = False, times=None):
+    return jnp.clip(self._mean(users, items), self.clip[0], self.clip[1])
+
+  def per_sample(self, users, items):
+    """[batch, S]: each kept sample's prediction (unclipped)."""
+    s, k = self.samples, self.n_factors
+    u = self.user_factors(users).reshape(-1, s, k)
+    i = self.item_factors(items).reshape(-1, s, k)
+    return (jnp.sum(u * i, -1) * s + self.user_bias(users) +
+            self.user_spread[users] + self.item_bias(items) +
+            self.item_spread[items] + self.mean)
+
+  def predictive(self, users, items):
+    """(mean, std) [batch] of the predictive distribution: the samples'
+    spread and the noise, sqrt(var_s(prediction) + mean_s(1/alpha))."""
+    draws = self.per_sample(users, items)
+    std = jnp.sqrt(jnp.var(draws, axis=-1) + jnp.mean(self.noise))
+    return self(users, items), std
+
+
+def scores(variables, module, users):
+  """[len(users), n_items]: posterior mean scores of every item."""
+  p = variables["params"]
+  x = (p["user_factors"]["embedding"][users] @ p["item_factors"]["embedding"].T
+       + p["user_bias"]["embedding"][users] + p["item_bias"]["embedding"][:, 0]
+       + p["mean"])
+  return jnp.clip(x, p["clip"][0], p["clip"][1])
+
+
+def _design(params, items):
+  """X = [item factors, 1], offset c_i + m: the mean score before the clip
+  is X @ [u, b_u] + offset (for a folded-in user)."""
+  q = np.asarray(params["item_factors"]["embedding"], np.float64)[items]
+  offset = (np.asarray(params["item_bias"]["embedding"], np.float64)[items, 0]
+            + float(params["mean"]))
+  return np.concatenate([q, np.ones((len(items), 1))], axis=1), offset
+
+
+def _create(spec, n_users, n_items, side):
+  del side
+  return BPMF(n_users, n_items, n_factors=spec.n_factors,
+              samples=spec.samples)
+
+
+registry.register(registry.Family(
+    name="bpmf", module=BPMF, create=_create,
+    settings=frozenset({"n_factors", "samples"}), in_state=frozenset(),
+    defaults={"samples": 32},
+    tables={"user_factors": "users", "user_bias": "users",
+            "item_factors": "items", "item_bias": "items"},
+    fold_in="ridge", design=_design,
+    user_rows=("user_factors", "user_bias"), trainer="gibbs",
+    scores=scores))

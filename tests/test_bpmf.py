@@ -1,0 +1,162 @@
+"""Bayesian MF (`jaxcf.gibbs`, `models/bpmf.py`): each conditional against
+its closed form, recovery of a planted matrix with calibrated intervals,
+chains, determinism, the saved model, and bad settings refused."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcf import datasets, errors, gibbs, sweep, training
+from tests.conftest import train_cli
+
+DRAWS = 20_000
+
+
+def test_gaussian_rows_draw_the_posterior_of_each_row():
+  p = jnp.asarray([[[2.0, 0.5], [0.5, 1.0]], [[4.0, -1.0], [-1.0, 3.0]]])
+  h = jnp.asarray([[1.0, -1.0], [0.5, 2.0]])
+  keys = jax.random.split(jax.random.key(0), DRAWS)
+  x = np.asarray(jax.vmap(lambda k: gibbs.gaussian_rows(k, p, h))(keys))
+  for row in range(2):
+    cov = np.linalg.inv(np.asarray(p[row], np.float64))
+    np.testing.assert_allclose(x[:, row].mean(0), cov @ np.asarray(h[row]),
+                               atol=0.03)
+    np.testing.assert_allclose(np.cov(x[:, row].T), cov, atol=0.03)
+
+
+def test_row_posterior_is_the_sum_over_each_rows_ratings():
+  rng = np.random.default_rng(0)
+  other = rng.normal(size=(5, 3)).astype(np.float32)
+  mask = (rng.random((4, 5)) < 0.6).astype(np.float32)
+  residual = mask * rng.normal(size=(4, 5)).astype(np.float32)
+  mu, lam = rng.normal(size=3), np.eye(3) * 2 + 0.1
+  p, h = gibbs.row_posterior(other, mask, residual, 1.5, mu, lam)
+  for n in range(4):
+    rated = mask[n] > 0
+    v = other[rated]
+    np.testing.assert_allclose(p[n], lam + 1.5 * v.T @ v, rtol=1e-5)
+    np.testing.assert_allclose(h[n], lam @ mu + 1.5 * v.T @ residual[n, rated],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_bias_rows_and_gamma_precision_match_their_closed_forms():
+  mask = jnp.asarray([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  residual = jnp.asarray([[0.4, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  keys = jax.random.split(jax.random.key(1), DRAWS)
+  b = np.asarray(jax.vmap(lambda k: gibbs.bias_rows(k, mask, residual, 2.0,
+                                                    0.5))(keys))
+  precision = np.array([0.5 + 2.0 * 2, 0.5])  # a row without ratings: prior
+  np.testing.assert_allclose(b.mean(0), [2.0 * 1.4 / 4.5, 0.0], atol=0.02)
+  np.testing.assert_allclose(b.var(0), 1 / precision, rtol=0.05)
+  g = np.asarray(jax.vmap(lambda k: gibbs.gamma_precision(k, 30.0, 40.0))(
+      keys))
+  np.testing.assert_allclose(g.mean(), (1 + 20) / (1 + 15), rtol=0.02)
+
+
+def test_normal_wishart_draws_have_the_posterior_means():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal([1.0, -2.0], [0.5, 1.0], size=(40, 2)),
+                  jnp.float32)
+  weight = jnp.ones(40).at[0].set(0.0)  # row 0 ('#na#') does not count
+  keys = jax.random.split(jax.random.key(3), 4000)
+  mu, lam = jax.vmap(lambda k: gibbs.normal_wishart(k, x, weight))(keys)
+  rows, n = np.asarray(x[1:], np.float64), 39
+  mean = rows.mean(0)
+  scatter = (rows - mean).T @ (rows - mean)
+  w_inv = np.eye(2) + scatter + 2.0 * n / (2.0 + n) * np.outer(mean, mean)
+  np.testing.assert_allclose(np.asarray(lam).mean(0),
+                             (2 + n) * np.linalg.inv(w_inv), rtol=0.05)
+  np.testing.assert_allclose(np.asarray(mu).mean(0), n * mean / (2.0 + n),
+                             atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  """Ratings of a planted rank-2 matrix plus N(0, 0.5^2) noise, 60% seen."""
+  rng = np.random.default_rng(4)
+  u, v = rng.normal(size=(80, 2)), rng.normal(size=(60, 2))
+  lines = ["user,item,rating"]
+  for a in range(80):
+    for b in range(60):
+      if rng.random() < 0.6:
+        lines.append(f"{a},{b},{3 + u[a] @ v[b] + 0.5 * rng.normal():.4f}")
+  path = tmp_path_factory.mktemp("planted") / "r.csv"
+  path.write_text("\n".join(lines) + "\n")
+  return datasets.load(datasets.Source(ratings_file=str(path)),
+                       item_name="movie", seed=0, log=None)
+
+
+def run_chains(data, seeds, sweeps=120, samples=16):
+  replicas = [sweep.Replica(model="bpmf", n_factors=2, samples=samples,
+                            seed=s) for s in seeds]
+  config = training.TrainConfig(epochs=sweeps, burn_in=40, eval_every=40)
+  return gibbs.train_group(replicas, data, config, [], None)
+
+
+def test_a_planted_matrix_is_recovered_with_calibrated_intervals(planted):
+  outcome, preds, _, _ = run_chains(planted, [0])
+  truth = np.asarray(planted.valid.ratings)
+  rmse = float(np.sqrt(np.mean((np.asarray(preds[0]) - truth)**2)))
+  assert rmse < 0.62, rmse  # the noise alone is 0.5
+  state = outcome.state
+  params = jax.tree.map(lambda x: x[0], state.params)
+  mean, std = state.model.apply({"params": params}, planted.valid.users,
+                                planted.valid.items, method="predictive")
+  z = np.abs(truth - np.asarray(mean)) / np.asarray(std)
+  for level, bound in ((0.5, 0.6745), (0.9, 1.6449)):
+    assert abs(np.mean(z <= bound) - level) < 0.06, (level, np.mean(z <= bound))
+
+
+def test_chains_together_equal_chains_alone_and_repeat_exactly(planted):
+  _, together, _, _ = run_chains(planted, [3, 4], sweeps=60)
+  _, alone, _, _ = run_chains(planted, [4], sweeps=60)
+  _, again, _, _ = run_chains(planted, [4], sweeps=60)
+  np.testing.assert_allclose(together[1], alone[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(alone, again)
+  assert not np.allclose(together[0], together[1])  # chains differ
+
+
+def test_the_cli_saves_a_posterior_that_loads_with_uncertainty(
+    tiny_ml, tmp_path, capsys):
+  import jaxcf
+  w = tmp_path / "w"
+  assert train_cli(f"--data_dir={tiny_ml}", "--model=bpmf", "--n_factors=3",
+                   "--epochs=40", "--samples=8", "--seed=0,1", "--ensemble",
+                   f"--workdir={w}") == 0
+  assert "Gibbs chain(s) of bpmf" in capsys.readouterr().out
+  model = jaxcf.load(str(w))
+  mean, std = model.predict(1, ["Movie 005 (1955)", "Twin (1995)"],
+                            return_std=True)
+  np.testing.assert_allclose(mean, model.predict(
+      1, ["Movie 005 (1955)", "Twin (1995)"]), rtol=1e-5)
+  assert (std > 0.1).all() and (std < 3).all()
+  lower = model.recommend(1, k=3, rank_by="lower")
+  assert (lower["score"].to_numpy() <= model.recommend(1, k=30)[
+      "score"].max() + 1e-6).all()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs=50", "--burn_in=60"], "--burn_in=60 must lie in [0, "
+     "--epochs=50)"),
+    (["--epochs=20", "--burn_in=10", "--samples=16"], "leaves 10 sweeps, "
+     "fewer than the 16"),
+    (["--lr=0.1"], "--lr does not apply to --model=bpmf"),
+    (["--samples=0"], "--samples=0 must be a positive integer"),
+])
+def test_bad_settings_are_one_line(tiny_ml, capsys, flags, message):
+  assert train_cli(f"--data_dir={tiny_ml}", "--model=bpmf", *flags) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1, err
+
+
+def test_other_models_refuse_bpmf_settings(tiny_ml, capsys, tmp_path):
+  assert train_cli(f"--data_dir={tiny_ml}", "--burn_in=5") == 2
+  assert "--burn_in does not apply to --model=dot_bias" in (
+      capsys.readouterr().err)
+  import jaxcf
+  assert train_cli(f"--data_dir={tiny_ml}", "--epochs=1",
+                   f"--workdir={tmp_path}") == 0
+  with pytest.raises(errors.UserError, match="return_std and rank_by need"):
+    jaxcf.load(str(tmp_path)).predict(1, ["Twin (1995)"], return_std=True)
