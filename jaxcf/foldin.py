@@ -91,6 +91,10 @@ def fold_member(state: steps.TrainState, spec, items: np.ndarray,
     raise UserError(f"model {spec.model} cannot fold in a new user (its "
                     "predictions read the whole training matrix); retrain "
                     "with the user's ratings")
+  if family.fold_in == "sampled":  # the family's own, ratings or not
+    rows = family.fold_in_rows(jax.device_get(state.params), items, values,
+                               user_trained)
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}
   rows = prior(spec, state.params, user_trained)
   if len(items):
     if family.fold_in == "ridge":

@@ -324,7 +324,7 @@ def model_params(kept: dict, mean, clip) -> dict:
           "item_factors": {"embedding": stack(kept["vf"])},
           "user_bias": {"embedding": ub.mean(1, keepdims=True)},
           "item_bias": {"embedding": vb.mean(1, keepdims=True)},
-          "user_spread": ub - ub.mean(1, keepdims=True),
-          "item_spread": vb - vb.mean(1, keepdims=True),
+          "user_spread": {"embedding": ub - ub.mean(1, keepdims=True)},
+          "item_spread": {"embedding": vb - vb.mean(1, keepdims=True)},
           "noise": kept["noise"], "mean": jnp.asarray(mean, jnp.float32),
           "clip": clip}

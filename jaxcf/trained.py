@@ -159,9 +159,11 @@ class TrainedModel(interpret.Interpretation):
     user (an id, a str being one id, or a FoldedUser) with many items
     predicts that user's. return_std (bpmf): (mean, std) of the predictive
     distribution, posterior and noise (`jaxcf.uncertainty`)."""
+    if return_std and isinstance(users, FoldedUser):
+      states, row, _ = self._user_states(users)
+      i = jnp.asarray([self.item_index(x) for x in _listed(items)], jnp.int32)
+      return uncertainty.predictive(states, jnp.full(i.shape, row), i)
     if return_std:
-      if isinstance(users, FoldedUser):
-        raise UserError("return_std is not available for a folded-in user")
       users = [users] * len(_listed(items)) if _one(users) else users
     elif _one(users) or isinstance(users, FoldedUser):
       return self.predict_for(users, _listed(items), batch_size=batch_size)

@@ -135,6 +135,21 @@ def test_the_cli_saves_a_posterior_that_loads_with_uncertainty(
   lower = model.recommend(1, k=3, rank_by="lower")
   assert (lower["score"].to_numpy() <= model.recommend(1, k=30)[
       "score"].max() + 1e-6).all()
+  # Fold-in samples a new user's rows per kept draw: with their ratings the
+  # user is pinned down (smaller std) and predicts like the trained user.
+  user = model.users.decode([5])[0]
+  row = model.user_index(user)
+  rated = model.train.items[np.asarray(model.train.users) == row]
+  ratings = model.train.ratings[np.asarray(model.train.users) == row]
+  items = model.items.decode(np.asarray(rated))
+  nobody = model.fold_in({})
+  them = model.fold_in(list(zip(items, np.asarray(ratings).tolist())))
+  every = model.items.decode(np.arange(1, len(model.items)))
+  _, std_nobody = model.predict(nobody, every, return_std=True)
+  mean_them, std_them = model.predict(them, every, return_std=True)
+  assert std_them.mean() < std_nobody.mean()
+  trained_mean = model.predict([user] * len(every), every)
+  assert np.corrcoef(mean_them, trained_mean)[0, 1] > 0.8
 
 
 @pytest.mark.parametrize("flags, message", [

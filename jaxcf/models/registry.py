@@ -166,7 +166,11 @@ class Family:
       position); None: row-wise optimisers are not supported.
     fold_in: how a new user is fitted: 'ridge' (closed form, the prediction
       is linear in the user's rows before `sigmoid_range`: give `design`),
-      'gradient' (Adam steps on the user's rows), or None (not supported).
+      'gradient' (Adam steps on the user's rows), 'sampled' (the family's
+      own `fold_in_rows`, e.g. draws from a posterior), or None (not
+      supported).
+    fold_in_rows: for 'sampled': (params, items int [n], ratings [n],
+      user_trained bool [n_users]) -> {user table: row}.
     design: for 'ridge': (params, items int [n]) -> (X float64 [n, d],
       offset float64 [n]): the pre-squash score of a user whose rows, in
       the order of `user_rows`, concatenate to w [d] is X @ w + offset.
@@ -196,6 +200,7 @@ class Family:
   trainer: str = "batches"
   scores: Callable[..., jax.Array] | None = None
   fold_in_start: Callable[[Spec, Any], dict] | None = None
+  fold_in_rows: Callable[..., dict] | None = None
 
   def __post_init__(self):
     unknown = set(self.settings) - set(CHECKS)
@@ -203,7 +208,10 @@ class Family:
       raise ValueError(f"family {self.name}: unknown settings {unknown}")
     if self.fold_in == "ridge" and self.design is None:
       raise ValueError(f"family {self.name}: fold_in='ridge' needs design")
-    if self.fold_in not in (None, "ridge", "gradient"):
+    if self.fold_in == "sampled" and self.fold_in_rows is None:
+      raise ValueError(f"family {self.name}: fold_in='sampled' needs "
+                       "fold_in_rows")
+    if self.fold_in not in (None, "ridge", "gradient", "sampled"):
       raise ValueError(f"family {self.name}: fold_in={self.fold_in!r}")
 
 
