@@ -81,3 +81,21 @@ def checkpoint_fingerprint(directory: str) -> dict | None:
         if isinstance(found, dict):
           return found
   return None
+
+
+def replace_file(path: str, write, mode: str = "wb") -> None:
+  """path := what write(f) writes into an open file: written beside
+  (`temporary`), fsync'd and renamed over it, so it appears whole or not at
+  all; the temporary file is removed if anything fails."""
+  tmp = temporary(path)
+  try:
+    with open(tmp, mode) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+  sync_dir(os.path.dirname(path) or ".")

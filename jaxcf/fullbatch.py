@@ -15,13 +15,11 @@ loop (`jaxcf.loop`); an epoch is one step.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxcf import loop, steps
@@ -120,25 +118,13 @@ def train_group(replicas: Sequence, data: CollabData, config,
                          as_array("lr", jnp.float32),
                          as_array("wd", jnp.float32),
                          as_array("input_dropout", jnp.float32))
-  every = max(1, min(config.eval_every, config.epochs))
-  inputs = lambda start, count: np.arange(start, start + count,
-                                          dtype=np.int32)
-  start = time.perf_counter()
-  compiled = jax.jit(train, donate_argnums=0).lower(
-      state, inputs(0, every)).compile()
-  run_eval = jax.jit(evaluate).lower(state).compile()
-  later = jax.jit(train, donate_argnums=0)  # a shorter last call
-  compile_seconds = time.perf_counter() - start
+  program, compile_seconds = loop.epoch_step_program(
+      train, evaluate, state, config.epochs, config.eval_every,
+      lr=lambda s: s.opt_state.hyperparams["learning_rate"],
+      replicas=len(replicas))
   if log:
     log(f"compiled {len(replicas)} replicas of AutoRec in "
         f"{compile_seconds:.2f}s")
-  program = loop.Program(
-      steps_per_epoch=1, epochs=config.epochs, chunk=every,
-      report_every=every, inputs=inputs,
-      train=lambda s, e: (compiled if len(e) == every else later)(s, e),
-      evaluate=run_eval,
-      lr=lambda s: s.opt_state.hyperparams["learning_rate"],
-      replicas=len(replicas))
   outcome = loop.train_program(program, state, run_hooks,
                                show_progress=log is not None)
   final = outcome.state

@@ -28,7 +28,6 @@ their mean).
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import flax.struct
@@ -281,26 +280,13 @@ def train_group(replicas: Sequence, data: CollabData, config,
         predictions(c, m), m["valid"]))(state)
 
   state = jax.vmap(init)(jnp.asarray([x.seed for x in replicas], jnp.uint32))
-  every = max(1, min(config.eval_every, sweeps))
-  inputs = lambda start, count: np.arange(start, start + count,
-                                          dtype=np.int32)
-  start = time.perf_counter()
-  compiled = jax.jit(train, donate_argnums=0).lower(
-      state, inputs(0, every), matrices).compile()
-  run_eval = jax.jit(evaluate).lower(state, matrices).compile()
-  later = jax.jit(train, donate_argnums=0)  # a shorter last call
-  compile_seconds = time.perf_counter() - start
+  program, compile_seconds = loop.epoch_step_program(
+      train, evaluate, state, sweeps, config.eval_every,
+      lr=lambda s: jnp.zeros(len(replicas)), replicas=len(replicas),
+      args=(matrices,))
   if log:
     log(f"compiled {len(replicas)} Gibbs chain(s) of bpmf ({k} factors, "
         f"burn-in {burn} of {sweeps} sweeps) in {compile_seconds:.2f}s")
-  program = loop.Program(
-      steps_per_epoch=1, epochs=sweeps, chunk=every, report_every=every,
-      inputs=inputs,
-      train=lambda s, e: (compiled if len(e) == every else later)(
-          s, e, matrices),
-      evaluate=lambda s: run_eval(s, matrices),
-      lr=lambda s: jnp.zeros(len(replicas)),
-      replicas=len(replicas))
   outcome = loop.train_program(program, state, run_hooks,
                                show_progress=log is not None)
   final = outcome.state

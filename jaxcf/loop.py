@@ -24,6 +24,7 @@ import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from jaxcf.progress import wait_with_progress
@@ -242,3 +243,33 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
   for hook in hooks:
     hook.after_report(ctx, rows, losses)
   return evaluated
+
+
+def epoch_step_program(train, evaluate, state, epochs: int, every: int, lr,
+                       replicas: int, args: tuple = ()
+                       ) -> tuple[Program, float]:
+  """A Program for trainers whose epoch is one step (a full-batch step, a
+  Gibbs sweep): `every` epochs per compiled call (a shorter last call
+  compiled when the run needs one), an evaluation after each call.
+
+  train(state, epochs int32 [count], *args) -> (state, losses [R, count]);
+  evaluate(state, *args) -> metrics; args: arrays passed to both (not baked
+  into the programs as constants, which XLA folds slowly). Returns the
+  program and the seconds spent compiling.
+  """
+  every = max(1, min(every, epochs))
+  inputs = lambda start, count: np.arange(start, start + count,
+                                          dtype=np.int32)
+  start = time.perf_counter()
+  compiled = jax.jit(train, donate_argnums=0).lower(
+      state, inputs(0, every), *args).compile()
+  run_eval = jax.jit(evaluate).lower(state, *args).compile()
+  later = jax.jit(train, donate_argnums=0)  # a shorter last call
+  seconds = time.perf_counter() - start
+  program = Program(
+      steps_per_epoch=1, epochs=epochs, chunk=every, report_every=every,
+      inputs=inputs,
+      train=lambda s, e: (compiled if len(e) == every else later)(s, e,
+                                                                  *args),
+      evaluate=lambda s: run_eval(s, *args), lr=lr, replicas=replicas)
+  return program, seconds

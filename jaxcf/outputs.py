@@ -38,12 +38,7 @@ class Metrics:
     line = json.dumps(row) + "\n"
     if not self.started:  # the old file replaced whole, or left as it was
       with saving(self.path, "the earlier metrics.jsonl is intact"):
-        tmp = fsutil.temporary(self.path)
-        with open(tmp, "w") as f:
-          f.write(line)
-          f.flush()
-          os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        fsutil.replace_file(self.path, lambda f: f.write(line), "w")
       self.started = True
       return
     with saving(self.path, "every line written before is intact"):

@@ -31,16 +31,8 @@ def check_run(config: config_lib.RunConfig, replicas, data, single: bool):
   h = config.hosts
   mesh = sharding.make_mesh(h.mesh) if h.mesh else None
   model = replicas[0].create_model(data, mesh)
-  train_config = config.train_config(replicas[0])
-  if mesh is not None:
-    sharding.check_batch(train_config.batch_size, mesh)
-    if train_config.row_kernel != "xla":
-      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
-  per_epoch = placement.steps_per_epoch(
-      data.train.size, train_config.batch_size,
-      placement.data_shards(mesh, h.shard_data))
-  training.make_optimizer(model, train_config, per_epoch * train_config.epochs)
-  placement.check_memory(model, data, train_config.batch_size)
+  training.plan(model, data, config.train_config(replicas[0]), mesh,
+                h.shard_data)
   return mesh, model
 
 

@@ -89,6 +89,23 @@ def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
       kernel=kernel, **schedule)
 
 
+def plan(model: nn.Module, data: CollabData, config: TrainConfig, mesh=None,
+         shard_data: bool = False):
+  """(steps per epoch, optimiser) of a run, after every check that can
+  refuse it: the batch over the mesh, the row kernel, the optimiser, the
+  memory it needs."""
+  if mesh is not None:
+    sharding.check_batch(config.batch_size, mesh)
+    if config.row_kernel != "xla":
+      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
+  per_epoch = placement.steps_per_epoch(
+      data.train.size, config.batch_size,
+      placement.data_shards(mesh, shard_data))
+  tx = make_optimizer(model, config, per_epoch * config.epochs)
+  placement.check_memory(model, data, config.batch_size)
+  return per_epoch, tx
+
+
 def row_kernel(model: nn.Module, config: TrainConfig) -> str:
   """config.row_kernel, checked: 'cpp' needs a row-wise optimiser, the CPU
   backend, float32 tables and the kernels built (`jaxcf.rowkernels`)."""
@@ -202,15 +219,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   """
   say = log or (lambda _: None)
   started = time.perf_counter()
-  if mesh is not None:
-    sharding.check_batch(config.batch_size, mesh)
-    if config.row_kernel != "xla":
-      raise UserError("--row_kernel=cpp runs on one device; drop --mesh")
-  per_epoch = placement.steps_per_epoch(
-      data.train.size, config.batch_size,
-      placement.data_shards(mesh, shard_data))
-  tx = make_optimizer(model, config, per_epoch * config.epochs)
-  placement.check_memory(model, data, config.batch_size)
+  per_epoch, tx = plan(model, data, config, mesh, shard_data)
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
   # One compiled program (cached across runs), not an op-by-op init: the
   # same numbers, much faster on a cold start.

@@ -211,18 +211,7 @@ class Workdir:
     """W/name := what write(f) writes into an open file, atomically."""
     path = self.join(name)
     with saving(path, f"the previous {name} is intact"):
-      tmp = fsutil.temporary(path)
-      try:
-        with open(tmp, mode) as f:
-          write(f)
-          f.flush()
-          os.fsync(f.fileno())
-        os.replace(tmp, path)
-      except BaseException:
-        with contextlib.suppress(OSError):
-          os.remove(tmp)
-        raise
-      fsutil.sync_dir(self.path)
+      fsutil.replace_file(path, write, mode)
 
   def replace_dir(self, name: str, write: Callable[[str], None]) -> None:
     """W/name := the directory write(path) creates at `path`, swapped in

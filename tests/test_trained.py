@@ -12,20 +12,25 @@ from jaxcf.errors import UserError
 from tests.conftest import write_movielens
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """A dot_bias trained on the tiny MovieLens, and its data."""
-  folder = write_movielens(tmp_path_factory.mktemp("ml") / "ml-100k",
-                           n_users=40, n_items=30, density=0.6)
+def train_tiny(folder, epochs: int, item_name: str = "title"):
+  """(model, data, fit result): a dot_bias trained on a tiny MovieLens."""
+  folder = write_movielens(folder / "ml-100k", n_users=40, n_items=30,
+                           density=0.6)
   data = datasets.load(datasets.Source(data_dir=str(folder)), seed=0,
-                       log=None)
+                       item_name=item_name, log=None)
   replica = sweep.Replica(n_factors=4, lr=3e-2, wd=0.01)
   result = training.fit(replica.create_model(data), data,
-                        training.TrainConfig(epochs=8, batch_size=16,
+                        training.TrainConfig(epochs=epochs, batch_size=16,
                                              lr=3e-2, wd=0.01), log=None)
   model = trained.TrainedModel.from_training(
       replica, result.state.params, result.state.model_state, data)
   return model, data, result
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A dot_bias trained on the tiny MovieLens, and its data."""
+  return train_tiny(tmp_path_factory.mktemp("ml"), epochs=8)
 
 
 def test_predict_matches_the_training_state(tiny):
@@ -59,16 +64,7 @@ def test_ids_and_titles_side_by_side(tiny, tmp_path):
   by_title = dict(zip(table["item"], table["item_id"]))
   assert by_title.get("Twin (1995)", (1, 2)) == (1, 2)  # two ids, one title
   assert by_title["Café Olé (1997)"] == 3
-  folder = write_movielens(tmp_path / "ml-100k", n_users=40, n_items=30,
-                           density=0.6)
-  data = datasets.load(datasets.Source(data_dir=str(folder)), seed=0,
-                       item_name="movie", log=None)
-  replica = sweep.Replica(n_factors=4, lr=3e-2, wd=0.01)
-  result = training.fit(replica.create_model(data), data,
-                        training.TrainConfig(epochs=2, batch_size=16,
-                                             lr=3e-2, wd=0.01), log=None)
-  by_id = trained.TrainedModel.from_training(
-      replica, result.state.params, result.state.model_state, data)
+  by_id, _, _ = train_tiny(tmp_path, epochs=2, item_name="movie")
   table = by_id.recommend(by_id.users.decode([3])[0], k=5)
   assert list(table.columns) == ["item", "title", "score"]
   assert by_id.item_index("Café Olé (1997)") == by_id.item_index(3)
