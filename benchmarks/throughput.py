@@ -2,7 +2,8 @@ r"""Training throughput of jaxcf against the PyTorch baseline and fastai.
 
 Every measurement runs in a fresh subprocess (clean compile caches and peak
 memory), pinned to one CPU core unless --cores=all; contenders alternate in
-rounds and the table reports medians. Needs the bench extra (torch, fastai)
+rounds and the table reports medians with their spread, and which ratios
+the rounds leave undecided (throughput_report.py). Needs the bench extra (torch, fastai)
 beside jaxcf: pip install -e '.[bench,plot]'.
 
   python benchmarks/throughput.py --data_dir=../shared/data            # full
@@ -38,6 +39,8 @@ import sys
 import time
 
 from absl import app, flags
+
+import throughput_report as report  # beside this script (run as one)
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/ "
                     "(with fastai-splits/ beside it).")
@@ -296,75 +299,6 @@ def describe_device() -> dict:
   return {"slug": slug, **dev}
 
 
-def markdown(results: dict) -> str:
-  rows = results["rows"]
-  contenders = [c for c in CONTENDERS
-                if any(r["contender"] == c for r in rows)]
-  head = ["model", "bs", *contenders, "scan / torch eager", "scan / best torch",
-          "scan / fastai", "8x vmap / scan"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for model in FLAGS.models:
-    for bs in map(int, FLAGS.batch_sizes):
-      cell = {r["contender"]: r for r in rows
-              if r["model"] == model and r["bs"] == bs}
-      if not cell:
-        continue
-      rate = lambda c: cell.get(c, {}).get("samples_per_s")
-      fmt = lambda v: f"{v / 1e3:,.0f}k" if v else "-"
-      ratio = lambda a, b: f"{a / b:.1f}x" if a and b else "-"
-      torches = [rate(c) for c in ("torch eager", "torch fused",
-                                   "torch compile") if rate(c)]
-      lines.append("| " + " | ".join(
-          [model, str(bs), *(fmt(rate(c)) for c in contenders),
-           ratio(rate("jaxcf scan"), rate("torch eager")),
-           ratio(rate("jaxcf scan"), max(torches) if torches else None),
-           ratio(rate("jaxcf scan"), rate("fastai")),
-           ratio(rate("jaxcf 8x vmap"), rate("jaxcf scan"))]) + " |")
-  mem = {}
-  for r in rows:
-    if r.get("peak_rss_mb"):
-      mem.setdefault(r["contender"], []).append(r["peak_rss_mb"])
-  lines += ["", "Peak resident memory of a process (MB, max over its runs): " +
-            ", ".join(f"{c} {max(v):,.0f}" for c, v in mem.items())]
-  if results.get("time_to_accuracy"):
-    lines += ["", f"| time to valid MSE <= {TARGET_MSE} (book recipe, "
-              "seed-42 split) | seconds from process start | epoch | "
-              "valid MSE then | final valid MSE |", "|---|---|---|---|---|"]
-    for name, r in results["time_to_accuracy"].items():
-      lines.append(f"| {name} | {r.get('seconds_to_target', float('nan')):.1f}"
-                   f" | {r.get('epoch', '-')} | "
-                   f"{r.get('valid_loss', float('nan')):.4f} | "
-                   f"{r.get('final_valid_loss', float('nan')):.4f} |")
-  return "\n".join(lines)
-
-
-def chart(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(FLAGS.models),
-                           figsize=(6 * len(FLAGS.models), 4.2))
-  axes = axes if len(FLAGS.models) > 1 else [axes]
-  for ax, model in zip(axes, FLAGS.models):
-    for c in CONTENDERS:
-      pts = sorted((r["bs"], r["samples_per_s"]) for r in results["rows"]
-                   if r["model"] == model and r["contender"] == c
-                   and r.get("samples_per_s"))
-      if pts:
-        ax.plot(*zip(*pts), "-o", label=c, lw=2.5 if "jaxcf" in c else 1.2)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("training samples / s")
-    ax.set_title(f"{model} ({results['device']['kind']}, "
-                 f"{'1 core' if FLAGS.cores == '1' else 'all cores'})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def main(argv):
   del argv
   if FLAGS.worker:
@@ -408,19 +342,25 @@ def main(argv):
                         "to one core" if FLAGS.cores == "1" else
                         "all cores, torch threads = cpu_count"}
   if FLAGS.time_to_accuracy:
-    results["time_to_accuracy"] = {
-        name: spawn(f"tta {name}") for name in ("jaxcf", "fastai")}
+    tta: dict[str, list[dict]] = {"jaxcf": [], "fastai": []}
+    for rnd in range(rounds):
+      for name, runs in tta.items():
+        runs.append(spawn(f"tta {name}"))
+        print(f"round {rnd + 1}/{rounds} time to {TARGET_MSE} {name}: "
+              f"{runs[-1].get('seconds_to_target', 'not reached')}",
+              flush=True)
+    results["time_to_accuracy"] = tta
   slug = results["device"]["slug"] + ("" if FLAGS.cores == "1" else "-all")
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   base = os.path.join(FLAGS.out_dir, slug + ("-quick" if FLAGS.quick else ""))
   with open(base + ".json", "w") as f:
     json.dump(results, f, indent=2)
-  text = markdown(results)
+  text = report.markdown(results, CONTENDERS, TARGET_MSE)
   with open(base + ".md", "w") as f:
     f.write(text + "\n")
   print(text)
   try:
-    chart(results, base + ".png")
+    report.chart(results, CONTENDERS, base + ".png")
     print(f"wrote {base}.json, .md and .png")
   except ImportError:
     print(f"wrote {base}.json and .md (no matplotlib for the chart)")

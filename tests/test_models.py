@@ -98,6 +98,29 @@ def test_batchnorm_matches_torch_semantics():
   np.testing.assert_allclose(y_eval, want, rtol=1e-5, atol=1e-5)
 
 
+def test_batchnorm_gradient_is_the_closed_form_of_its_forward():
+  """batch_normalise's hand-written backward equals autodiff of the plain
+  formula (float64, so only the algebra can differ), also under vmap."""
+  def plain(x, scale, bias):
+    mean, var = x.mean(0), x.var(0)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+
+  keys = jax.random.split(jax.random.key(2), 4)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (3, 40, 5), jnp.float64) * 3 + 1
+    scale = jax.random.normal(keys[1], (3, 5), jnp.float64)
+    bias = jax.random.normal(keys[2], (3, 5), jnp.float64)
+    weights = jax.random.normal(keys[3], (40, 5), jnp.float64)
+    loss = lambda f: lambda *a: (jnp.sin(f(*a)) * weights).sum()
+    grads = jax.vmap(jax.grad(loss(models.layers.batch_normalise),
+                              argnums=(0, 1, 2)))(x, scale, bias)
+    want = jax.vmap(jax.grad(loss(plain), argnums=(0, 1, 2)))(x, scale,
+                                                             bias)
+    for got, ref in zip(grads, want):
+      np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+      assert float(jnp.abs(ref).max()) > 1e-3  # not trivially zero
+
+
 def test_embedding_nn_layer_structure():
   model = models.create("embedding_nn", N_USERS, N_ITEMS, layers=[100, 50])
   shapes = jax.eval_shape(model.init, jax.random.key(0),
