@@ -26,7 +26,8 @@ import time
 from absl import app, flags
 import numpy as np
 
-from jaxcf import data, datasets, features, sweep, trained, training
+from jaxcf import (data, datasets, features, movielens, sidefiles, sweep,
+                   trained, training)
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_float("held_out", 0.1, "Share of users held out entirely.")
@@ -82,7 +83,7 @@ def main(argv):
   dot = trained_model(sweep.Replica(seed=FLAGS.seed), d)
   side = trained_model(sweep.Replica(model="side_nn", id_dropout=0.1,
                                      seed=FLAGS.seed), d)
-  people = features.read_users(folder).set_index("user")
+  people = sidefiles.users(movielens.ML100K, folder).set_index("user")
   times = features.scaled_times(table)
   shots = [0] + [int(s) for s in FLAGS.shots]
   errors = {name: [] for name in ["global mean"] + [

@@ -104,6 +104,7 @@ class CollabData:
     table: the source table; `train_rows`/`valid_rows` index into it.
     item_key: the table column that identifies items ('item' or 'title').
     folder: the MovieLens folder the data came from (None for other files).
+    release: which MovieLens release (`movielens.Release`), or None.
     side: side features (`jaxcf.features.SideFeatures`) once attached.
   """
   users: Vocab
@@ -115,6 +116,7 @@ class CollabData:
   valid_rows: np.ndarray
   item_key: str
   folder: Any = None
+  release: Any = None
   side: Any = None
 
   @property

@@ -47,21 +47,27 @@ class Source:
   item_sep: str | None = None
   encoding: str | None = None
 
+  @property
+  def release(self) -> movielens.Release | None:
+    """The MovieLens release read, or None for a ratings file."""
+    if self.ratings_file is not None:
+      return None
+    return movielens.RELEASES[
+        "ml-100k" if self.dataset == "movielens" else self.dataset]
+
 
 def read_table(source: Source, log=None):
   """Reads the ratings (with titles when known) and describes where from.
 
   Returns:
     (table, where, ml_folder): the ratings DataFrame, a phrase naming the
-    file(s), and the MovieLens 100k folder (None for anything else).
+    file(s), and the MovieLens release's folder (None for a ratings file).
   """
-  if source.ratings_file is None:
-    release = movielens.RELEASES[
-        "ml-100k" if source.dataset == "movielens" else source.dataset]
+  release = source.release
+  if release is not None:
     folder = movielens.find(source.data_dir, release=release)
     table = mlread.read(release, folder, log)
-    return (table, str(folder / release.files[0]),
-            folder if release is movielens.ML100K else None)
+    return table, str(folder / release.files[0]), folder
   table = io.read_ratings(source.ratings_file, columns=source.columns,
                           sep=source.sep, encoding=source.encoding)
   if source.items_file:
@@ -133,7 +139,7 @@ def load(source: Source = Source(), *, item_name: str = "title",
            f"each user's latest {arg:.0%}") + " for validation"
     train_rows, valid_rows = data.latest_per_user(
         table["user"].to_numpy(), table["timestamp"].to_numpy(), arg)
-  elif folder is None:
+  elif source.release is not movielens.ML100K:
     raise UserError(f"--split={split}: the official splits exist only for "
                     "MovieLens 100k; use --split=random, ratio:0.9, "
                     "temporal:0.2, leave_last_out or --valid_file")
@@ -147,7 +153,7 @@ def load(source: Source = Source(), *, item_name: str = "title",
 
   prepared = dataclasses.replace(
       data.prepare(table, train_rows, valid_rows, item_key=item_key),
-      folder=folder)
+      folder=folder, release=source.release)
   if log:
     n_ids = table["item"].nunique()
     items = (f"{n_ids:,} items" if item_key == "item" else

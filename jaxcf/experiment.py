@@ -52,12 +52,13 @@ def load_data(config: config_lib.RunConfig, log=print):
                        valid_file=d.valid_file, duplicates=d.duplicates,
                        y_ranges=y_ranges, clip=d.clip_ratings, log=log)
   if any(f.needs_side for f in config.model.families):
-    if data.folder is None:
-      raise UserError("--model=side_nn uses MovieLens 100k's side "
-                      "information; it is not available for --ratings_file "
-                      f"or --dataset={d.dataset}")
+    if data.release is None:
+      raise UserError("--model=side_nn uses a MovieLens release's side "
+                      "information (--dataset=ml-100k, ml-1m, ...); a "
+                      "--ratings_file has none")
     kinds = [k.strip() for k in d.side.split(",") if k.strip()]
-    data = features.attach(data, features.movielens(data, data.folder, kinds))
+    data = features.attach(data, features.movielens(
+        data, data.folder, kinds, release=data.release))
     log(f"side information: {', '.join(kinds)}")
   return data
 

@@ -1,11 +1,12 @@
-"""Side information for MovieLens 100k: who rated, what, and when.
+"""Side information of the MovieLens releases: who rated, what, and when.
 
-User features (u.user): gender and occupation (categorical), age
-(continuous). Item features (u.item): the 19 genre flags and the release
-year (continuous). Time: each rating's timestamp scaled to [0, 1] over the
-data set. Tables are aligned with a `CollabData`'s vocabularies; row 0
-('#na#') and unknown categories get code 0 and the mean of continuous
-features (0 after standardising).
+User features (ml-100k's u.user, ml-1m's users.dat; the later releases
+have none): gender and occupation (categorical), age (continuous). Item
+features (every release): the genre flags and the year (continuous).
+Time: each rating's timestamp scaled to [0, 1] over the data set
+(`jaxcf.sidefiles` reads the files). Tables are aligned with a
+`CollabData`'s vocabularies; row 0 ('#na#') and unknown categories get code
+0 and the mean of continuous features (0 after standardising).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jaxcf import io
+from jaxcf import io, movielens, sidefiles
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
 KINDS = ("user", "item", "time")
 USER_CATS = ("gender", "occupation")
 USER_CONTS = ("age",)
-GENRES = 19
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,37 +73,6 @@ def _code(values: list, value) -> int:
   return values.index(value) + 1 if value in values else 0
 
 
-def read_users(folder: Path) -> pd.DataFrame:
-  """u.user: user, age, gender, occupation (zip code left out)."""
-  path = str(folder / "u.user")
-  raw, line = io.read_columns(path, {"user": 0, "age": 1, "gender": 2,
-                                     "occupation": 3},
-                              sep="|", header=False, what="users file")
-  return pd.DataFrame({
-      "user": io.parse_ids(raw["user"].to_numpy()),
-      "age": io.parse_numbers(raw["age"].to_numpy(), line, path=path,
-                              name="age", what="users file"),
-      "gender": raw["gender"].str.strip().to_numpy(),
-      "occupation": raw["occupation"].str.strip().to_numpy()})
-
-
-def read_items(folder: Path) -> pd.DataFrame:
-  """u.item: item, release year (NaN if unknown), genre0..genre18."""
-  path = str(folder / "u.item")
-  cols = {"item": 0, "date": 2, **{f"genre{g}": 5 + g for g in range(GENRES)}}
-  raw, line = io.read_columns(path, cols, sep="|", header=False,
-                              encoding="latin-1", what="items file",
-                              optional=("date",))
-  year = pd.to_datetime(raw["date"], format="%d-%b-%Y", errors="coerce").dt.year
-  out = pd.DataFrame({"item": io.parse_ids(raw["item"].to_numpy()),
-                      "year": year.to_numpy(dtype=np.float64)})
-  for g in range(GENRES):
-    out[f"genre{g}"] = io.parse_numbers(raw[f"genre{g}"].to_numpy(), line,
-                                        path=path, name=f"genre {g}",
-                                        what="items file")
-  return out
-
-
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, float, float]:
   mean = float(np.nanmean(x))
   std = float(np.nanstd(x)) or 1.0
@@ -111,9 +80,10 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, float, float]:
   return np.where(np.isnan(z), 0.0, z), mean, std
 
 
-def movielens(data: CollabData, folder: Path,
-              kinds: Sequence[str] = KINDS) -> SideFeatures:
-  """Side features of MovieLens 100k for `data`'s users, items and rows."""
+def movielens(data: CollabData, folder: Path, kinds: Sequence[str] = KINDS,
+              release: movielens.Release = movielens.ML100K) -> SideFeatures:
+  """Side features of a MovieLens release for `data`'s users, items and
+  rows; `folder` holds the release's files."""
   bad = set(kinds) - set(KINDS)
   if bad:
     raise UserError(f"--side={','.join(kinds)}: unknown {sorted(bad)}; "
@@ -122,11 +92,16 @@ def movielens(data: CollabData, folder: Path,
           "use_time": "time" in kinds}
   constants, categories, scales = {}, {}, {}
   if "user" in kinds:
-    users = read_users(folder).set_index("user")
+    users = sidefiles.users(release, folder)
+    if users is None:
+      raise UserError(f"--side=user: {release.name} holds no user "
+                      "demographics (ml-100k and ml-1m do); use "
+                      "--side=item,time")
+    users = users.set_index("user")
     ids = data.users.classes
     missing = ~pd.Index(ids).isin(users.index)
     if missing.any():
-      raise UserError(f"{folder / 'u.user'} has no row for user "
+      raise UserError(f"{folder} has no user features for user "
                       f"{io.show(ids[missing][0])}")
     users = users.loc[ids]
     cat = np.zeros((len(data.users), len(USER_CATS)), np.int32)
@@ -142,19 +117,23 @@ def movielens(data: CollabData, folder: Path,
     spec.update(user_cats=tuple(len(categories[n]) + 1 for n in USER_CATS),
                 user_conts=len(USER_CONTS))
   if "item" in kinds:
-    items = read_items(folder).set_index("item")
+    items = sidefiles.items(release, folder).set_index("item")
     if data.item_key == "title":  # the first id of each title stands for it
       first = data.table.drop_duplicates("title").set_index("title")["item"]
       ids = first.loc[data.items.classes].to_numpy()
     else:
       ids = data.items.classes
+    missing = ~pd.Index(ids).isin(items.index)
+    if missing.any():
+      raise UserError(f"{folder} has no item features for item "
+                      f"{io.show(ids[missing][0])}")
     items = items.loc[ids]
-    year, _, _ = _standardise(items["year"].to_numpy())
-    genres = items[[f"genre{g}" for g in range(GENRES)]].to_numpy()
-    cont = np.zeros((len(data.items), GENRES + 1), np.float32)
+    year, _, _ = _standardise(items["year"].to_numpy(np.float64))
+    genres = items[[c for c in items if c.startswith("genre:")]].to_numpy()
+    cont = np.zeros((len(data.items), genres.shape[1] + 1), np.float32)
     cont[1:] = np.column_stack([genres, year])
     constants["item_cont"] = cont
-    spec["item_conts"] = GENRES + 1
+    spec["item_conts"] = genres.shape[1] + 1
   train_times = valid_times = None
   if "time" in kinds:
     scaled = scaled_times(data.table)

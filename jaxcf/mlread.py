@@ -80,19 +80,7 @@ def _read_dat(ratings: Path, items: Path) -> dict:
     raise UserError(f"{ratings}: not in MovieLens' user::movie::rating::time "
                     f"layout ({str(e).splitlines()[0][:100]}); delete the "
                     "folder to download it again") from None
-  ids, titles, genres = [], [], []
-  encoding = io.decide_encoding(str(items))
-  with open(items, encoding=encoding, newline="") as f:
-    for number, line in enumerate(f, 1):
-      line = line.rstrip("\r\n")
-      if not line:
-        continue
-      parts = line.split("::")
-      if len(parts) < 3 or not parts[0].isdigit():
-        raise UserError(f"{items}, line {number}: not movie::title::genres")
-      ids.append(int(parts[0]))
-      titles.append("::".join(parts[1:-1]))
-      genres.append(parts[-1])
+  ids, titles, genres = movies("dat", items)
   return _arrays(raw.iloc[:, 0], raw.iloc[:, 1], raw.iloc[:, 2],
                  raw.iloc[:, 3], ids, titles, genres, items)
 
@@ -102,16 +90,37 @@ def _read_csv(ratings: Path, items: Path) -> dict:
   table = io.read_ratings(str(ratings), columns=["userId", "movieId",
                                                  "rating", "timestamp"],
                           sep=",", header=True)
-  try:
-    movies = pd.read_csv(items, dtype=str, keep_default_na=False,
-                         encoding=io.decide_encoding(str(items)))
-    ids = movies["movieId"].astype(np.int64)
-    titles, genres = movies["title"], movies["genres"]
-  except (KeyError, ValueError, pd.errors.ParserError) as e:
-    raise UserError(f"{items}: not MovieLens' movieId,title,genres layout "
-                    f"({str(e).splitlines()[0][:100]})") from None
+  ids, titles, genres = movies("csv", items)
   return _arrays(table["user"], table["item"], table["rating"],
                  table["timestamp"], ids, titles, genres, items)
+
+
+def movies(layout: str, path: Path) -> tuple[list, list, list]:
+  """(ids, titles, genres) of movies.dat ('dat': movie::title::genres,
+  titles may hold '::') or movies.csv ('csv': movieId,title,genres with a
+  header, titles quoted); genres '|'-separated as written."""
+  if layout == "csv":
+    try:
+      table = pd.read_csv(path, dtype=str, keep_default_na=False,
+                          encoding=io.decide_encoding(str(path)))
+      ids = table["movieId"].astype(np.int64)
+    except (KeyError, ValueError, pd.errors.ParserError) as e:
+      raise UserError(f"{path}: not MovieLens' movieId,title,genres layout "
+                      f"({str(e).splitlines()[0][:100]})") from None
+    return list(ids), list(table["title"]), list(table["genres"])
+  ids, titles, genres = [], [], []
+  with open(path, encoding=io.decide_encoding(str(path)), newline="") as f:
+    for number, line in enumerate(f, 1):
+      line = line.rstrip("\r\n")
+      if not line:
+        continue
+      parts = line.split("::")
+      if len(parts) < 3 or not parts[0].isdigit():
+        raise UserError(f"{path}, line {number}: not movie::title::genres")
+      ids.append(int(parts[0]))
+      titles.append("::".join(parts[1:-1]))
+      genres.append(parts[-1])
+  return ids, titles, genres
 
 
 def _arrays(user, item, rating, timestamp, ids, titles, genres,

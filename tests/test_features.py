@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, features, optim, sweep, trained, training
+from jaxcf import (datasets, features, movielens, optim, sidefiles, sweep,
+                   trained, training)
 from jaxcf.errors import UserError
 from tests.conftest import write_movielens
 
@@ -21,7 +22,7 @@ def side_data(tmp_path_factory):
 def test_tables_are_aligned_with_the_vocabularies(side_data):
   d, folder = side_data
   side = d.side
-  users = features.read_users(folder).set_index("user")
+  users = sidefiles.users(movielens.ML100K, folder).set_index("user")
   cat, cont = side.constants["user_cat"], side.constants["user_cont"]
   assert cat.shape == (d.n_users, 2) and cont.shape == (d.n_users, 1)
   assert (cat[0] == 0).all() and (cont[0] == 0).all()  # '#na#'

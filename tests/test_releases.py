@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxcf import data, errors, mlread, movielens
+from jaxcf import data, errors, mlread, movielens, sidefiles
 from tests.conftest import train_cli
 
 # Titles with the quirks the real files have: ':' and ',' inside, non-ASCII.
@@ -129,9 +129,40 @@ def test_a_release_trains_by_name_with_each_split(tmp_path, capsys,
   assert train_cli(*common, "--split=u1") == 2
   assert "official splits exist only for MovieLens 100k" in (
       capsys.readouterr().err)
-  assert train_cli(*common[:-1], "--model=side_nn") == 2
-  assert "not available for --ratings_file or --dataset=ml-1m" in (
-      capsys.readouterr().err)
+  # ml-1m's users.dat demographics, genres and times feed side_nn.
+  assert train_cli(*common[:-1], "--model=side_nn", "--layers=8") == 0, (
+      capsys.readouterr())
+  assert "side information: user, item, time" in capsys.readouterr().out
+
+
+def test_side_tables_of_the_releases(tmp_path, capsys, monkeypatch):
+  """users.dat with ml-1m's coded occupations and age bands; genres as
+  flags and the year from the title, for the '::' and the CSV layouts."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  folder, _ = write_release(tmp_path, "ml-1m")
+  users = sidefiles.users(movielens.RELEASES["ml-1m"], folder)
+  assert list(users.columns) == ["user", "gender", "age", "occupation"]
+  assert list(users["user"]) == list(range(1, 13))
+  assert set(users["gender"]) == {"F"} and set(users["age"]) == {25.0}
+  assert set(users["occupation"]) == {"college/grad student"}  # code 4
+  for name in ("ml-1m", "ml-25m"):
+    release = movielens.RELEASES[name]
+    where = folder if name == "ml-1m" else write_release(tmp_path, name)[0]
+    items = sidefiles.items(release, where).set_index("item")
+    assert list(items.columns) == ["year", "genre:Comedy", "genre:Drama"]
+    for i, title in TITLES.items():
+      assert items.loc[i, "year"] == int(title[-5:-1])
+      assert items.loc[i, "genre:Comedy"] == (i % 2)  # else no genres
+  assert sidefiles.users(movielens.RELEASES["ml-25m"], where) is None
+  (folder / "users.dat").write_text("1::F::25::21::00000\n")
+  with pytest.raises(errors.UserError, match=r"users.dat, line 1: not "):
+    sidefiles.users(movielens.RELEASES["ml-1m"], folder)
+  # A release without demographics trains side_nn on items and time only.
+  common = ["--dataset=ml-25m", f"--data_dir={tmp_path}", "--epochs=1",
+            "--bs=8", "--model=side_nn", "--layers=8"]
+  assert train_cli(*common, "--side=user,item") == 2
+  assert "ml-25m holds no user demographics" in capsys.readouterr().err
+  assert train_cli(*common, "--side=item,time") == 0, capsys.readouterr()
 
 
 def test_missing_release_names_where_to_get_it(tmp_path, capsys):
