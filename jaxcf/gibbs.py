@@ -115,10 +115,14 @@ def row_posterior(other, mask, residual, alpha, mu, lam):
   """(P [n, k, k], h [n, k]) of every row's factors given the other side's
   [m, k]: mask [n, m] (0/1), residual [n, m] (e, 0 where unrated). The
   Gram matrices sum_i V_i V_i^T are one matmul of the mask with the rows'
-  flattened outer products."""
+  outer products, of their upper triangles only (k(k+1)/2 columns, not
+  k^2: that matmul is most of a sweep), mirrored afterwards."""
   k = other.shape[-1]
-  outer = (other[:, :, None] * other[:, None, :]).reshape(-1, k * k)
-  gram = (mask @ outer).reshape(-1, k, k)
+  rows, cols = np.triu_indices(k)
+  upper = mask @ (other[:, rows] * other[:, cols])  # [n, k(k+1)/2]
+  where = np.zeros((k, k), np.int32)
+  where[rows, cols] = where[cols, rows] = np.arange(len(rows))
+  gram = upper[:, where]  # [n, k, k], symmetric
   return lam + alpha * gram, lam @ mu + alpha * (residual @ other)
 
 

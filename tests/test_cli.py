@@ -205,7 +205,7 @@ ERROR_CASES = [
     (["--ratings_file={tmp}/good.tsv", "--item_name=title"],
      "--item_name=title needs titles"),
     (["--model=side_nn", "--ratings_file={tmp}/good.tsv"],
-     "not available for --ratings_file"),
+     "a --ratings_file has none"),
     (["--model=side_nn", "--side=user,weather"], "unknown ['weather']"),
     (["--model=side_nn", "--id_dropout=1.5"], "--id_dropout=1.5 must be in [0, 1)"),
     (["--ratings_file={tmp}/dups.tsv"], "1 rating(s) repeat an earlier"),
