@@ -7,7 +7,9 @@ validation ratings inside the central 50/80/90/95% predictive intervals
 (posterior and noise, from the model's kept samples), its RMSE, and a
 reliability plot (nominal vs empirical coverage for levels 5..95%).
 Speed: sweeps per second after compilation for 10/50/100 factors and
-1/4 chains on u1.base.
+1/4 chains on u1.base (the dense layout gibbs picks there, and the sparse
+one forced); the sparse layout's cost growth on synthetic 100k/1M/10M
+ratings.
 
   python benchmarks/bpmf.py --data_dir=../shared/data \
       --out=benchmarks/results/bpmf.md --png=benchmarks/results/bpmf.png
@@ -16,6 +18,7 @@ Speed: sweeps per second after compilation for 10/50/100 factors and
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 from absl import app, flags
@@ -28,6 +31,10 @@ flags.DEFINE_string("data_dir", None, "Folder holding ml-100k/ (and "
 flags.DEFINE_integer("sweeps", 500, "Gibbs sweeps of the calibration runs.")
 flags.DEFINE_integer("factors", 10, "Factors of the calibration runs.")
 flags.DEFINE_integer("speed_sweeps", 20, "Sweeps timed per speed cell.")
+flags.DEFINE_list("growth", ["100000", "1000000", "10000000"],
+                  "Synthetic ratings counts for the cost growth (sparse "
+                  "layout, 10 factors, one chain).")
+flags.DEFINE_integer("growth_sweeps", 5, "Sweeps timed per growth cell.")
 flags.DEFINE_string("out", None, "Also write the markdown tables here.")
 flags.DEFINE_string("png", None, "Write the reliability plot here.")
 FLAGS = flags.FLAGS
@@ -81,12 +88,36 @@ def calibration(split: str):
           "seconds": seconds}
 
 
-def speed(factors: int, chains: int) -> float:
+def speed(factors: int, chains: int, layout: str = "auto", data=None,
+          sweeps: int | None = None) -> float:
   """Sweeps per second of the compiled sweeps (the loop's train time:
-  compilation and evaluation excluded)."""
-  n = FLAGS.speed_sweeps
-  outcome, _, _, _ = _run(_data("u1"), factors, chains, n, 0)
+  compilation and evaluation excluded); layout 'sparse' forces the rating
+  lists where gibbs.dense_layout would pick the matrix."""
+  from jaxcf import gibbs  # pylint: disable=g-import-not-at-top
+  n = sweeps or FLAGS.speed_sweeps
+  chosen = gibbs.dense_layout
+  if layout == "sparse":
+    gibbs.dense_layout = lambda *_: False
+  try:
+    outcome, _, _, _ = _run(data or _data("u1"), factors, chains, n, 0)
+  finally:
+    gibbs.dense_layout = chosen
   return n / max(outcome.train_seconds, 1e-9)
+
+
+def growth(n_ratings: int) -> dict:
+  """Sweeps/s of the sparse layout on synthetic ratings, ML-1M to ML-10M
+  shaped (users and items grow as the square root of the ratings)."""
+  from jaxcf import gibbs, synthetic  # pylint: disable=g-import-not-at-top
+  n_users = int(22 * np.sqrt(n_ratings))
+  n_items = int(3.2 * np.sqrt(n_ratings))
+  data = synthetic.generate(n_users, n_items, n_ratings, log=None)
+  tu, ti = (np.asarray(x) for x in data.train[:2])
+  rate = speed(10, 1, data=data, sweeps=FLAGS.growth_sweeps)
+  return {"n": n_ratings, "users": n_users, "items": n_items,
+          "dense": gibbs.dense_layout(tu, ti, data.n_users, data.n_items),
+          "sweeps_per_s": rate,
+          "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def main(argv):
@@ -108,10 +139,27 @@ def main(argv):
   lines += ["", f"Sweeps per second on u1.base (timed over "
             f"{FLAGS.speed_sweeps} sweeps after compilation; 4 chains: "
             "vmapped, sweeps of all four per second)", "",
-            "| factors | 1 chain | 4 chains |", "|---|---|---|"]
+            "| factors | 1 chain | 4 chains | 1 chain, sparse layout |",
+            "|---|---|---|---|"]
   for factors in (10, 50, 100):
-    cells = [speed(factors, c) for c in (1, 4)]
-    lines.append(f"| {factors} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    cells = [speed(factors, c) for c in (1, 4)] + [speed(factors, 1,
+                                                         "sparse")]
+    lines.append(f"| {factors} | " + " | ".join(f"{c:.1f}" for c in cells)
+                 + " |")
+    print(lines[-1], flush=True)
+  lines += ["", "Cost growth: synthetic ratings (rank 8 + noise), 10 factors, "
+            f"one chain, {FLAGS.growth_sweeps} sweeps timed; users and items "
+            "grow as the square root of the ratings; peak memory of the "
+            "process so far", "",
+            "| ratings | users x items | layout | sweeps/s | seconds/sweep | "
+            "ratings/s | peak GB |", "|---|---|---|---|---|---|---|"]
+  for n in map(int, FLAGS.growth):
+    g = growth(n)
+    lines.append(f"| {n:,} | {g['users']:,} x {g['items']:,} | "
+                 f"{'dense' if g['dense'] else 'sparse'} | "
+                 f"{g['sweeps_per_s']:.2f} | {1 / g['sweeps_per_s']:.2f} | "
+                 f"{g['n'] * g['sweeps_per_s'] / 1e6:.1f}M | "
+                 f"{g['peak_gb']:.1f} |")
     print(lines[-1], flush=True)
   report.emit(lines, FLAGS.out)
   if FLAGS.png:

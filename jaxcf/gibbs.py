@@ -17,9 +17,10 @@ One sweep draws, in turn, from each conditional given the rest (Salakhutdinov
                           1 + sum b^2 / 2)
   the noise precision     alpha ~ Gamma(1 + N/2, 1 + SSE/2)
 
-All rows at once: the per-row precision matrices are one matmul of the
-0/1 rating mask with the rows' outer products, then batched Cholesky
-factors, solves and draws. m is the training mean. After `burn_in` sweeps
+All rows at once: the per-row sums over each row's ratings come from
+`jaxcf.observed` (a dense rating matrix, one matmul per sum, for data like
+ML-100k; sorted rating lists and segment sums for larger, sparser data),
+then batched Cholesky factors, solves and draws. m is the training mean. After `burn_in` sweeps
 every sweep's validation predictions enter a running mean (the posterior
 mean, no samples stored: what the metrics rows report), and S draws spread
 evenly over those sweeps are kept for the saved model (which predicts
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import loop, steps
+from jaxcf import loop, observed, steps
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -45,7 +46,25 @@ IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
            "row_kernel", "param_dtype", "compute_dtype", "mesh",
            "shard_data", "checkpoint_steps", "checkpoint_every", "eval_bs",
            "tensorboard", "lr", "wd", "input_dropout")
-MAX_MASK_BYTES = 2 << 30
+# The dense layout while its two matrices stay this small and at least this
+# share of the cells is rated (its matmuls touch every cell), else sorted
+# lists: benchmarks/bpmf.py times both.
+DENSE_MAX_BYTES = 1 << 30
+DENSE_MIN_DENSITY = 0.02
+
+
+def dense_layout(users: np.ndarray, items: np.ndarray, n_users: int,
+                 n_items: int) -> bool:
+  """Whether `observed.Dense` (else `observed.Sparse`) holds the ratings
+  (user and item rows [N]): small and dense enough, and no (user, item)
+  pair twice (a matrix holds one rating per cell; the lists hold every
+  rating, each a separate observation)."""
+  n = len(users)
+  if (8 * n_users * n_items > DENSE_MAX_BYTES
+      or n < DENSE_MIN_DENSITY * n_users * n_items):
+    return False
+  cells = users.astype(np.int64) * n_items + items
+  return len(np.unique(cells)) == n
 
 
 @flax.struct.dataclass
@@ -111,31 +130,24 @@ def gaussian_rows(key, precision, shift):
   return mean + noise
 
 
-def row_posterior(other, mask, residual, alpha, mu, lam):
-  """(P [n, k, k], h [n, k]) of every row's factors given the other side's
-  [m, k]: mask [n, m] (0/1), residual [n, m] (e, 0 where unrated). The
-  Gram matrices sum_i V_i V_i^T are one matmul of the mask with the rows'
-  outer products, of their upper triangles only (k(k+1)/2 columns, not
-  k^2: that matmul is most of a sweep), mirrored afterwards."""
-  k = other.shape[-1]
-  rows, cols = np.triu_indices(k)
-  upper = mask @ (other[:, rows] * other[:, cols])  # [n, k(k+1)/2]
-  where = np.zeros((k, k), np.int32)
-  where[rows, cols] = where[cols, rows] = np.arange(len(rows))
-  gram = upper[:, where]  # [n, k, k], symmetric
-  return lam + alpha * gram, lam @ mu + alpha * (residual @ other)
+def row_posterior(obs, side: int, other, residual, alpha, mu, lam):
+  """(P [n, k, k], h [n, k]) of every row's factors on `side` (0 users, 1
+  items) given the other side's factors [m, k] and the per-rating residual
+  e (`observed`: Dense or Sparse)."""
+  return (lam + alpha * obs.gram(other, side),
+          lam @ mu + alpha * obs.weighted(residual, other, side))
 
 
-def factor_rows(key, other, mask, residual, alpha, mu, lam):
+def factor_rows(key, obs, side, other, residual, alpha, mu, lam):
   """Every row's factors drawn from `row_posterior`."""
-  return gaussian_rows(key, *row_posterior(other, mask, residual, alpha, mu,
-                                           lam))
+  return gaussian_rows(key, *row_posterior(obs, side, other, residual, alpha,
+                                           mu, lam))
 
 
-def bias_rows(key, mask, residual, alpha, lam_b):
-  """Every row's bias: residual [n, m] (d, 0 where unrated)."""
-  precision = lam_b + alpha * jnp.sum(mask, 1)
-  mean = alpha * jnp.sum(residual, 1) / precision
+def bias_rows(key, obs, side, residual, alpha, lam_b):
+  """Every row's bias given the per-rating residual d."""
+  precision = lam_b + alpha * obs.counts(side)
+  mean = alpha * obs.row_sums(residual, side) / precision
   return mean + jax.random.normal(key, mean.shape) / jnp.sqrt(precision)
 
 
@@ -144,35 +156,35 @@ def gamma_precision(key, sum_squares, count, a0=1.0, b0=1.0):
   return jax.random.gamma(key, a0 + count / 2.0) / (b0 + sum_squares / 2.0)
 
 
-def sweep(chain: Chain, r, mask, row_weight, mean):
-  """One Gibbs sweep over both sides. r, mask: float32 [n_users, n_items]
-  (ratings, 0/1 observed); row_weight: (users [n_users], items [n_items])
-  1 for rows that exist (not '#na#')."""
+def sweep(chain: Chain, obs, row_weight, mean):
+  """One Gibbs sweep over both sides. obs: the training ratings
+  (`observed.Dense` or `observed.Sparse`); row_weight: (users [n_users],
+  items [n_items]) 1 for rows that exist (not '#na#')."""
   keys = jax.random.split(jax.random.fold_in(chain.key, chain.sweep), 9)
   u, v, alpha = chain.users, chain.items, chain.alpha
   # Users, then items, each given the other's latest draw.
   mu, lam = normal_wishart(keys[0], u.factors, row_weight[0])
-  e = mask * (r - mean - u.bias[:, None] - v.bias[None, :])
-  uf = factor_rows(keys[1], v.factors, mask, e, alpha, mu, lam)
-  d = mask * (r - mean - v.bias[None, :] - uf @ v.factors.T)
+  e = obs.residual(mean, u.bias, v.bias)
+  uf = factor_rows(keys[1], obs, 0, v.factors, e, alpha, mu, lam)
+  d = obs.minus_dots(obs.residual(mean, None, v.bias), uf, v.factors)
   lam_bu = gamma_precision(keys[2], jnp.sum(row_weight[0] * u.bias**2),
                            jnp.sum(row_weight[0]))
-  ub = bias_rows(keys[3], mask, d, alpha, lam_bu) * row_weight[0]
+  ub = bias_rows(keys[3], obs, 0, d, alpha, lam_bu) * row_weight[0]
   u = Side(uf * row_weight[0][:, None], ub, mu, lam, lam_bu)
   mu, lam = normal_wishart(keys[4], v.factors, row_weight[1])
-  e = mask * (r - mean - u.bias[:, None] - v.bias[None, :])
-  vf = factor_rows(keys[5], u.factors, mask.T, e.T, alpha, mu, lam)
-  d = mask * (r - mean - u.bias[:, None] - u.factors @ vf.T)
+  e = obs.residual(mean, u.bias, v.bias)
+  vf = factor_rows(keys[5], obs, 1, u.factors, e, alpha, mu, lam)
+  d = obs.minus_dots(obs.residual(mean, u.bias, None), u.factors, vf)
   lam_bi = gamma_precision(keys[6], jnp.sum(row_weight[1] * v.bias**2),
                            jnp.sum(row_weight[1]))
-  vb = bias_rows(keys[7], mask.T, d.T, alpha, lam_bi) * row_weight[1]
+  vb = bias_rows(keys[7], obs, 1, d, alpha, lam_bi) * row_weight[1]
   v = Side(vf * row_weight[1][:, None], vb, mu, lam, lam_bi)
-  err = mask * (r - mean - u.bias[:, None] - v.bias[None, :]
-                - u.factors @ v.factors.T)
-  sse = jnp.sum(err**2)
-  alpha = gamma_precision(keys[8], sse, jnp.sum(mask))
+  err = obs.minus_dots(obs.residual(mean, u.bias, v.bias), u.factors,
+                       v.factors)
+  sse = obs.total(err**2)
+  alpha = gamma_precision(keys[8], sse, obs.size())
   return chain.replace(users=u, items=v, alpha=alpha,
-                       sweep=chain.sweep + 1), sse / jnp.sum(mask)
+                       sweep=chain.sweep + 1), sse / obs.size()
 
 
 def _check_scheduler() -> None:
@@ -206,10 +218,6 @@ def check(spec, config, n_u: int, n_i: int) -> int:
                     f"{sweeps - burn} sweeps, fewer than the {kept} the "
                     "model keeps (--samples); raise --epochs or lower "
                     "--samples or --burn_in")
-  if 8 * n_u * n_i > MAX_MASK_BYTES:
-    raise UserError(f"bpmf here holds the dense {n_u:,} x {n_i:,} rating "
-                    "matrix and its mask; for data this large use dot_bias "
-                    "with a row-wise optimiser")
   return burn
 
 
@@ -226,8 +234,8 @@ def train_group(replicas: Sequence, data: CollabData, config,
   sweeps = config.epochs
   burn = check(first, config, n_u, n_i)
   tu, ti, tr = (np.asarray(x) for x in data.train[:3])
-  r = jnp.zeros((n_u, n_i), jnp.float32).at[tu, ti].set(tr)
-  mask = jnp.zeros((n_u, n_i), jnp.float32).at[tu, ti].set(1.0)
+  obs = (observed.dense if dense_layout(tu, ti, n_u, n_i) else
+         observed.sparse)(tu, ti, tr, n_u, n_i)
   weight = (jnp.ones(n_u).at[0].set(0.0), jnp.ones(n_i).at[0].set(0.0))
   mean = float(np.mean(tr))
   clip = jnp.asarray([tr.min(), tr.max()], jnp.float32)
@@ -236,7 +244,7 @@ def train_group(replicas: Sequence, data: CollabData, config,
 
   # The matrices go in as arguments: as constants baked into the program,
   # XLA's constant folding takes minutes on them.
-  matrices = {"r": r, "mask": mask, "weight": weight, "vu": vu, "vi": vi,
+  matrices = {"obs": obs, "weight": weight, "vu": vu, "vi": vi,
               "valid": data.valid.ratings}
 
   def draw_valid(c: Chain, m):
@@ -254,7 +262,7 @@ def train_group(replicas: Sequence, data: CollabData, config,
                  jnp.zeros(vu.shape), jnp.zeros(()), buffer)
 
   def step(c: Chain, m):
-    c, mse = sweep(c, m["r"], m["mask"], m["weight"], mean)
+    c, mse = sweep(c, m["obs"], m["weight"], mean)
     after = c.sweep > burn
     # Keep S draws spread evenly over the sweeps after the burn-in.
     j = c.sweep - burn

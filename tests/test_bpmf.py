@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, errors, gibbs, sweep, training
+from jaxcf import datasets, errors, gibbs, observed, sweep, training
 from tests.conftest import train_cli
 
 DRAWS = 20_000
@@ -26,26 +26,44 @@ def test_gaussian_rows_draw_the_posterior_of_each_row():
     np.testing.assert_allclose(np.cov(x[:, row].T), cov, atol=0.03)
 
 
-def test_row_posterior_is_the_sum_over_each_rows_ratings():
+def _layouts(mask, values):
+  """The same ratings as observed.Dense and observed.Sparse, with the
+  per-rating values in each one's form."""
+  users, items = np.nonzero(mask)
+  ratings = np.asarray(values)[users, items]
+  n_u, n_i = mask.shape
+  dense = observed.dense(users, items, ratings, n_u, n_i)
+  sparse = observed.sparse(users, items, ratings, n_u, n_i)
+  return [(dense, dense.ratings), (sparse, sparse.ratings)]
+
+
+@pytest.mark.parametrize("layout", [0, 1], ids=["dense", "sparse"])
+def test_row_posterior_is_the_sum_over_each_rows_ratings(layout, monkeypatch):
+  monkeypatch.setattr(observed, "GRAM_CHUNK_BYTES", 3 * 4 * 6)  # 3 a chunk
   rng = np.random.default_rng(0)
-  other = rng.normal(size=(5, 3)).astype(np.float32)
+  other = {0: rng.normal(size=(5, 3)), 1: rng.normal(size=(4, 3))}
   mask = (rng.random((4, 5)) < 0.6).astype(np.float32)
   residual = mask * rng.normal(size=(4, 5)).astype(np.float32)
+  obs, values = _layouts(mask, residual)[layout]
   mu, lam = rng.normal(size=3), np.eye(3) * 2 + 0.1
-  p, h = gibbs.row_posterior(other, mask, residual, 1.5, mu, lam)
-  for n in range(4):
-    rated = mask[n] > 0
-    v = other[rated]
-    np.testing.assert_allclose(p[n], lam + 1.5 * v.T @ v, rtol=1e-5)
-    np.testing.assert_allclose(h[n], lam @ mu + 1.5 * v.T @ residual[n, rated],
-                               rtol=1e-5, atol=1e-6)
+  for side in (0, 1):
+    m, e = (mask, residual) if side == 0 else (mask.T, residual.T)
+    v_all = other[side].astype(np.float32)
+    p, h = gibbs.row_posterior(obs, side, v_all, values, 1.5, mu, lam)
+    for n in range(m.shape[0]):
+      rated = m[n] > 0
+      v = v_all[rated]
+      np.testing.assert_allclose(p[n], lam + 1.5 * v.T @ v, rtol=1e-5)
+      np.testing.assert_allclose(h[n], lam @ mu + 1.5 * v.T @ e[n, rated],
+                                 rtol=1e-5, atol=1e-6)
 
 
-def test_bias_rows_and_gamma_precision_match_their_closed_forms():
-  mask = jnp.asarray([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-  residual = jnp.asarray([[0.4, 1.0, 0.0], [0.0, 0.0, 0.0]])
+@pytest.mark.parametrize("layout", [0, 1], ids=["dense", "sparse"])
+def test_bias_rows_and_gamma_precision_match_their_closed_forms(layout):
+  mask = np.asarray([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  obs, values = _layouts(mask, [[0.4, 1.0, 0.0], [0.0, 0.0, 0.0]])[layout]
   keys = jax.random.split(jax.random.key(1), DRAWS)
-  b = np.asarray(jax.vmap(lambda k: gibbs.bias_rows(k, mask, residual, 2.0,
+  b = np.asarray(jax.vmap(lambda k: gibbs.bias_rows(k, obs, 0, values, 2.0,
                                                     0.5))(keys))
   precision = np.array([0.5 + 2.0 * 2, 0.5])  # a row without ratings: prior
   np.testing.assert_allclose(b.mean(0), [2.0 * 1.4 / 4.5, 0.0], atol=0.02)
@@ -53,6 +71,37 @@ def test_bias_rows_and_gamma_precision_match_their_closed_forms():
   g = np.asarray(jax.vmap(lambda k: gibbs.gamma_precision(k, 30.0, 40.0))(
       keys))
   np.testing.assert_allclose(g.mean(), (1 + 20) / (1 + 15), rtol=0.02)
+
+
+def test_dense_and_sparse_sweeps_draw_the_same_chain(monkeypatch):
+  """The two layouts are two ways to the same sums: the same keys give the
+  same draws, sweep after sweep (float32 sums in another order)."""
+  monkeypatch.setattr(observed, "GRAM_CHUNK_BYTES", 4 * 10 * 50)
+  rng = np.random.default_rng(5)
+  n_u, n_i, k = 30, 20, 4
+  mask = rng.random((n_u, n_i)) < 0.3
+  mask[0], mask[:, 0] = False, False  # '#na#' rows
+  ratings = rng.integers(1, 6, size=(n_u, n_i)).astype(np.float32)
+  weight = (jnp.ones(n_u).at[0].set(0.0), jnp.ones(n_i).at[0].set(0.0))
+  side = lambda key, n, w: gibbs.Side(
+      0.1 * jax.random.normal(key, (n, k)) * w[:, None], jnp.zeros(n),
+      jnp.zeros(k), jnp.eye(k), jnp.ones(()))
+  chain = gibbs.Chain(side(jax.random.key(1), n_u, weight[0]),
+                      side(jax.random.key(2), n_i, weight[1]),
+                      jnp.asarray(2.0), jax.random.key(3),
+                      jnp.zeros((), jnp.int32), jnp.zeros(1), jnp.zeros(()),
+                      {})
+  mean = float(ratings[mask].mean())
+  run = jax.jit(lambda obs: jax.lax.scan(
+      lambda c, _: gibbs.sweep(c, obs, weight, mean), chain, length=5))
+  ends = [(c, mse[-1]) for c, mse in (run(obs) for obs, _ in
+                                      _layouts(mask, ratings))]
+  (a, mse_a), (b, mse_b) = ends
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if x.dtype != jax.dtypes.float0 and jnp.issubdtype(x.dtype, jnp.floating):
+      np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(mse_a, mse_b, rtol=1e-3)
+  assert float(jnp.abs(a.users.factors).max()) > 0.05  # it moved
 
 
 def test_normal_wishart_draws_have_the_posterior_means():
@@ -95,7 +144,14 @@ def run_chains(data, seeds, sweeps=120, samples=16):
   return gibbs.train_group(replicas, data, config, [], None)
 
 
-def test_a_planted_matrix_is_recovered_with_calibrated_intervals(planted):
+@pytest.mark.parametrize("layout", ["auto", "sparse"])
+def test_a_planted_matrix_is_recovered_with_calibrated_intervals(
+    planted, layout, monkeypatch):
+  if layout == "sparse":  # the rating lists, as for data too big for a matrix
+    monkeypatch.setattr(gibbs, "dense_layout", lambda *_: False)
+  else:
+    tu, ti = (np.asarray(x) for x in planted.train[:2])
+    assert gibbs.dense_layout(tu, ti, planted.n_users, planted.n_items)
   outcome, preds, _, _ = run_chains(planted, [0])
   truth = np.asarray(planted.valid.ratings)
   rmse = float(np.sqrt(np.mean((np.asarray(preds[0]) - truth)**2)))
@@ -107,6 +163,16 @@ def test_a_planted_matrix_is_recovered_with_calibrated_intervals(planted):
   z = np.abs(truth - np.asarray(mean)) / np.asarray(std)
   for level, bound in ((0.5, 0.6745), (0.9, 1.6449)):
     assert abs(np.mean(z <= bound) - level) < 0.06, (level, np.mean(z <= bound))
+
+
+def test_the_layout_is_a_matrix_only_when_small_dense_and_unrepeated(
+    monkeypatch):
+  users, items = np.array([1, 1, 2, 3]), np.array([1, 2, 2, 1])
+  assert gibbs.dense_layout(users, items, 4, 3)
+  assert not gibbs.dense_layout(users, items, 400, 300)  # 0.003% rated
+  assert not gibbs.dense_layout(np.r_[users, 3], np.r_[items, 1], 4, 3)
+  monkeypatch.setattr(gibbs, "DENSE_MAX_BYTES", 8 * 4 * 3 - 1)
+  assert not gibbs.dense_layout(users, items, 4, 3)  # the matrices too big
 
 
 def test_chains_together_equal_chains_alone_and_repeat_exactly(planted):
