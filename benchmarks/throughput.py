@@ -36,6 +36,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -47,7 +48,8 @@ flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/ "
 flags.DEFINE_bool("quick", False, "One round, bs 64 and 1024, fewer "
                   "contenders.")
 flags.DEFINE_integer("rounds", 3, "Rounds of alternating measurements.")
-flags.DEFINE_list("models", ["dot_bias", "embedding_nn"], "Models.")
+flags.DEFINE_list("models", ["dot_bias", "embedding_nn"], "Models (none: "
+                  "time to accuracy only, into <device>-tta.*).")
 flags.DEFINE_list("batch_sizes", ["64", "1024", "8192"], "Batch sizes.")
 flags.DEFINE_list("contenders", None, "Subset of contenders (default: all).")
 flags.DEFINE_string("cores", "1", "'1' pins every process to one core; "
@@ -215,7 +217,10 @@ def worker_fastai() -> dict:
 
 
 def tta_jaxcf() -> dict:
-  from jaxcf import data, models, training  # pylint: disable=g-import-not-at-top
+  """As train.py runs: JAX's compilation cache in $JAXCF_CACHE (the
+  orchestrator gives each round a fresh folder: cold, then warm)."""
+  from jaxcf import compilecache, data, models, training  # pylint: disable=g-import-not-at-top
+  compilecache.enable()
   table, train, valid = _split_rows()
   d = data.prepare(table, train, valid, item_key="title")
   model = models.create("dot_bias", d.n_users, d.n_items)
@@ -271,14 +276,15 @@ def run_worker(name: str) -> None:
 
 # The orchestrator ------------------------------------------------------------
 
-def spawn(name: str, model: str = "dot_bias", bs: int = 64) -> dict:
+def spawn(name: str, model: str = "dot_bias", bs: int = 64,
+          env: dict | None = None) -> dict:
   args = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
           f"--model={model}", f"--bs={bs}", f"--cores={FLAGS.cores}",
           f"--min_seconds={FLAGS.min_seconds}"]
   if FLAGS.data_dir:
     args.append(f"--data_dir={FLAGS.data_dir}")
-  env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))}
+  env = {**os.environ, **(env or {}), "PYTHONPATH": os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__)))}
   start = time.time()
   proc = subprocess.run(args, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -342,23 +348,30 @@ def main(argv):
                         "to one core" if FLAGS.cores == "1" else
                         "all cores, torch threads = cpu_count"}
   if FLAGS.time_to_accuracy:
-    tta: dict[str, list[dict]] = {"jaxcf": [], "fastai": []}
+    tta: dict[str, list[dict]] = {"jaxcf (first run)": [],
+                                  "jaxcf (programs cached)": [], "fastai": []}
     for rnd in range(rounds):
+      cache = tempfile.mkdtemp(prefix="jaxcf-tta-")  # cold, then warm
       for name, runs in tta.items():
-        runs.append(spawn(f"tta {name}"))
+        worker = "tta fastai" if name == "fastai" else "tta jaxcf"
+        runs.append(spawn(worker, env={"JAXCF_CACHE": cache}))
         print(f"round {rnd + 1}/{rounds} time to {TARGET_MSE} {name}: "
               f"{runs[-1].get('seconds_to_target', 'not reached')}",
               flush=True)
     results["time_to_accuracy"] = tta
   slug = results["device"]["slug"] + ("" if FLAGS.cores == "1" else "-all")
   os.makedirs(FLAGS.out_dir, exist_ok=True)
-  base = os.path.join(FLAGS.out_dir, slug + ("-quick" if FLAGS.quick else ""))
+  base = os.path.join(FLAGS.out_dir, slug + ("-quick" if FLAGS.quick else "")
+                      + ("" if rows else "-tta"))
   with open(base + ".json", "w") as f:
     json.dump(results, f, indent=2)
   text = report.markdown(results, CONTENDERS, TARGET_MSE)
   with open(base + ".md", "w") as f:
     f.write(text + "\n")
   print(text)
+  if not rows:
+    print(f"wrote {base}.json and .md")
+    return
   try:
     report.chart(results, CONTENDERS, base + ".png")
     print(f"wrote {base}.json, .md and .png")

@@ -103,7 +103,8 @@ def markdown(results: dict, contenders: tuple, target_mse: float) -> str:
   ratio_cols = ["scan / torch eager", "scan / best torch", "scan / fastai",
                 "8x vmap / scan"]
   head = ["model", "bs", *present, *ratio_cols]
-  lines = [f"Samples/s: median of {results['rounds']} alternating rounds "
+  lines = [] if not table else [
+           f"Samples/s: median of {results['rounds']} alternating rounds "
            "± half their range. Ratios: median of the per-round ratios "
            "(range); `?` marks a ratio whose range is wider than its "
            "distance from 1.0x (the rounds do not decide it).", "",
@@ -118,14 +119,17 @@ def markdown(results: dict, contenders: tuple, target_mse: float) -> str:
         [model, str(bs), *(_rate(cell.get(c)) for c in present), *cols])
                  + " |")
   slower = behind(results)
-  lines += ["", "Settled cells where jaxcf scan is slower than a contender: "
-            + ("; ".join(slower) if slower else "none")]
+  if table:
+    lines += ["", "Settled cells where jaxcf scan is slower than a "
+              "contender: " + ("; ".join(slower) if slower else "none")]
   mem: dict = {}
   for r in results["rows"]:
     if r.get("peak_rss_mb"):
       mem.setdefault(r["contender"], []).append(r["peak_rss_mb"])
-  lines += ["", "Peak resident memory of a process (MB, max over its runs): "
-            + ", ".join(f"{c} {max(v):,.0f}" for c, v in mem.items())]
+  if mem:
+    lines += ["", "Peak resident memory of a process (MB, max over its "
+              "runs): " + ", ".join(f"{c} {max(v):,.0f}"
+                                    for c, v in mem.items())]
   tta = results.get("time_to_accuracy")
   if tta:
     lines += ["", f"| time to valid MSE <= {target_mse} (book recipe, "

@@ -14,7 +14,9 @@ Chosen on the inner split:
 4. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
    with replacement (bagging, wd re-chosen from 0.02/0.05/0.1) with 16
    seeds; the best side_nn with 4 seeds; each AutoRec family with 4 seeds;
-   and the weights mixing these families (a grid on the simplex).
+   with --bpmf, 4 Gibbs chains of BPMF (500 sweeps, n_factors 10/20/40
+   chosen by one chain); and the weights mixing these families (a grid on
+   the simplex).
 
 Reported on the test rows: the book's recipe (mean over 8 seeds), the tuned
 dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
@@ -26,7 +28,8 @@ dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
       --item_name=movie --out=benchmarks/results/tune_folds
   python benchmarks/tune.py --data_dir=../shared/data --splits=u1 \
       --item_name=movie --autorec --out=benchmarks/results/tune_u1_autorec
-  (add --inner_seed=1 for another inner carve-out)
+  (add --inner_seed=1 for another inner carve-out; --bpmf adds Bayesian MF
+  chains, n_factors chosen on the inner split, as a family of the mix)
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ flags.DEFINE_integer("seeds", 16, "Seeds of each dot_bias family.")
 flags.DEFINE_integer("nn_seeds", 4, "Seeds of the side_nn family.")
 flags.DEFINE_bool("autorec", False, "Also tune and mix two AutoRec families "
                   "(about 25 extra minutes per split on 2 cores).")
+flags.DEFINE_bool("bpmf", False, "Also mix Bayesian MF (Gibbs chains, "
+                  "n_factors chosen on the inner split).")
 flags.DEFINE_integer("inner_seed", 0, "Seed of the inner validation carve-out.")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
@@ -69,6 +74,7 @@ AUTOREC = {"autorec": sweep.Replica(model="autorec", layers=(500,),
                                          lr=1e-3, seed=0)}
 AUTOREC_LAMS = (50.0, 100.0, 200.0)
 AUTOREC_EPOCHS, AUTOREC_EVERY, AUTOREC_SEEDS = 1000, 100, 4
+BPMF_FACTORS, BPMF_SWEEPS, BPMF_CHAINS = (10, 20, 40), 500, 4
 
 
 def splits(table, folder):
@@ -125,6 +131,9 @@ def tune(d: data.CollabData, log) -> dict:
   nnp = mean_prediction(train(d, seeds(nn, FLAGS.nn_seeds), NN_EPOCHS))
   recs = tune_autorec(d, log) if FLAGS.autorec else {}
   extra = [autorec_ensemble(d, *recs[name]) for name in recs]
+  bpmf = tune_bpmf(d, log) if FLAGS.bpmf else None
+  if bpmf is not None:
+    extra.append(bpmf_chains(d, bpmf))
   choice = None
   for wd in BAG_WDS:
     bag = mean_prediction(train(d, seeds(dataclasses.replace(best, wd=wd),
@@ -137,7 +146,30 @@ def tune(d: data.CollabData, log) -> dict:
       f"bagging (wd {bag_wd}) and side_nn, weights "
       f"{tuple(round(float(w), 2) for w in weights)}: {loss:.4f}")
   return {"best": best, "epochs": epochs, "nn": nn, "bag_wd": bag_wd,
-          "weights": weights, "autorec": recs}
+          "weights": weights, "autorec": recs, "bpmf": bpmf}
+
+
+def gibbs_results(d, replicas):
+  config = training.TrainConfig(epochs=BPMF_SWEEPS,
+                                burn_in=BPMF_SWEEPS // 4,
+                                eval_every=BPMF_SWEEPS)
+  return sweep.train_sweep(replicas, d, config, log=None).results
+
+
+def tune_bpmf(d: data.CollabData, log) -> sweep.Replica:
+  """The n_factors of one chain with the lowest validation MSE on `d`."""
+  results = [gibbs_results(d, [sweep.Replica(model="bpmf", n_factors=k,
+                                             seed=0)])[0]
+             for k in BPMF_FACTORS]
+  best = min(results, key=lambda r: r.valid_loss)
+  log("  inner bpmf: " + ", ".join(
+      f"{r.replica.n_factors} factors {r.valid_loss:.4f}" for r in results))
+  return best.replica
+
+
+def bpmf_chains(d, replica) -> np.ndarray:
+  """The mean of BPMF_CHAINS chains' saved models' predictions."""
+  return mean_prediction(gibbs_results(d, seeds(replica, BPMF_CHAINS)))
 
 
 def train_autorec(d, replicas, epochs):
@@ -191,6 +223,8 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
   recs = {name: autorec_ensemble(outer, *c["autorec"][name])
           for name in c["autorec"]}
   families += list(recs.values())
+  if c["bpmf"] is not None:
+    families.append(bpmf_chains(outer, c["bpmf"]))
   out = {
       "chosen": {"dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
                  "side_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
@@ -199,7 +233,10 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
                          float(w) for w in c["weights"]],
                  **{n: {"lam": rep.wd, "epochs": e, "layers": list(
                      rep.layers), "dropout": rep.input_dropout}
-                    for n, (rep, e) in c["autorec"].items()}},
+                    for n, (rep, e) in c["autorec"].items()},
+                 **({"bpmf": {"n_factors": c["bpmf"].n_factors,
+                              "sweeps": BPMF_SWEEPS, "chains": BPMF_CHAINS}}
+                    if c["bpmf"] is not None else {})},
       "book_single": float(np.mean([r.valid_loss for r in book])),
       "tuned_single": float(np.mean([r.valid_loss for r in dot])),
       "tuned_single_seed0": dot[0].valid_loss,
@@ -207,6 +244,8 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
       "dot_ensemble": mse(families[0]),
       "ensemble": mse(sum(w * p for w, p in zip(c["weights"], families))),
       **{f"{n}_ensemble": mse(p) for n, p in recs.items()},
+      **({"bpmf_ensemble": mse(families[-1])} if c["bpmf"] is not None
+         else {}),
   }
   log("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()
                              if isinstance(v, float)))
@@ -219,6 +258,7 @@ COLUMNS = [("book_single", "book recipe (mean of 8 seeds)"),
            ("nn_single", "tuned side_nn (mean of 4 seeds)"),
            ("autorec_ensemble", "AutoRec, 1 layer, 30% input dropout x 4 seeds"),
            ("autorec_deep_ensemble", "AutoRec, 2 layers x 4 seeds"),
+           ("bpmf_ensemble", "BPMF x 4 chains"),
            ("dot_ensemble", "ensemble: tuned dot_bias x 16 seeds"),
            ("ensemble", "ensemble: + 16 bagged dot_bias + 4 side_nn")]
 
@@ -234,6 +274,8 @@ def markdown(results: dict[str, dict], rmse: bool) -> str:
       continue
     if key == "ensemble" and "autorec_ensemble" in results[names[0]]:
       label += " + both AutoRec families"
+    if key == "ensemble" and "bpmf_ensemble" in results[names[0]]:
+      label += " + BPMF"
     values = [f(results[n][key]) for n in names]
     lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) +
                  f" | **{np.mean(values):.4f}** |")

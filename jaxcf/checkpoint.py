@@ -24,9 +24,20 @@ import zlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxcf.errors import UserError, write_error
+
+
+class _Orbax:
+  """orbax.checkpoint, imported when a checkpoint is first written or read:
+  its import takes ~0.2 s, which a run without a workdir need not pay."""
+
+  def __getattr__(self, name: str):
+    import orbax.checkpoint  # pylint: disable=g-import-not-at-top
+    return getattr(orbax.checkpoint, name)
+
+
+ocp = _Orbax()
 
 CHECKSUMS = "checksums"
 _META = "<meta>"  # the metadata's own entry among the checksums

@@ -20,6 +20,7 @@ itself included).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import Any, Callable, Sequence
@@ -245,6 +246,16 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
   return evaluated
 
 
+def compile_together(*lowered):
+  """Compiles lowered programs (`jax.jit(f).lower(...)`) side by side, one
+  thread each (XLA compiles without holding the GIL, so a run's epoch and
+  evaluation compile at once on two cores); returns them in order."""
+  if len(lowered) == 1:
+    return (lowered[0].compile(),)
+  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+    return tuple(pool.map(lambda low: low.compile(), lowered))
+
+
 def epoch_step_program(train, evaluate, state, epochs: int, every: int, lr,
                        replicas: int, args: tuple = ()
                        ) -> tuple[Program, float]:
@@ -261,9 +272,9 @@ def epoch_step_program(train, evaluate, state, epochs: int, every: int, lr,
   inputs = lambda start, count: np.arange(start, start + count,
                                           dtype=np.int32)
   start = time.perf_counter()
-  compiled = jax.jit(train, donate_argnums=0).lower(
-      state, inputs(0, every), *args).compile()
-  run_eval = jax.jit(evaluate).lower(state, *args).compile()
+  compiled, run_eval = compile_together(
+      jax.jit(train, donate_argnums=0).lower(state, inputs(0, every), *args),
+      jax.jit(evaluate).lower(state, *args))
   later = jax.jit(train, donate_argnums=0)  # a shorter last call
   seconds = time.perf_counter() - start
   program = Program(

@@ -18,9 +18,9 @@ import shutil
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 from jaxcf import checkpoint, distributed
+from jaxcf.checkpoint import ocp
 from jaxcf.errors import UserError, saving
 
 

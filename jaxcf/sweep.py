@@ -210,12 +210,13 @@ def train_group(replicas: Sequence[Replica], data: CollabData,
     return epoch_rows[epoch][:, into_epoch:into_epoch + count]
 
   start = time.perf_counter()
-  run_epoch = jax.jit(jax.vmap(steps.train_epoch, in_axes=(0, None, 0)),
-                      donate_argnums=0).lower(state, data.train,
-                                              inputs(0, per_epoch)).compile()
-  run_eval = jax.jit(jax.vmap(steps.evaluate, in_axes=(0, None, None)),
-                     static_argnums=2).lower(
-                         state, data.valid, config.eval_batch_size).compile()
+  run_epoch, run_eval = loop.compile_together(
+      jax.jit(jax.vmap(steps.train_epoch, in_axes=(0, None, 0)),
+              donate_argnums=0).lower(state, data.train,
+                                      inputs(0, per_epoch)),
+      jax.jit(jax.vmap(steps.evaluate, in_axes=(0, None, None)),
+              static_argnums=2).lower(state, data.valid,
+                                      config.eval_batch_size))
   compile_seconds = time.perf_counter() - start
   (log or (lambda _: None))(
       f"compiled {len(replicas)} replicas of {type(model).__name__} in "

@@ -169,10 +169,10 @@ def batch_program(placed: placement.Placed, config: TrainConfig,
   t0 = time.perf_counter()
   epoch_jit = jax.jit(placed.epoch_fn, donate_argnums=0,
                    out_shardings=placed.out_shardings)
-  epoch_compiled = epoch_jit.lower(placed.state, placed.train,
-                          inputs(first_step, chunk)).compile()
-  run_eval = jax.jit(evaluate, static_argnums=2).lower(
-      placed.state, placed.valid, config.eval_batch_size).compile()
+  epoch_compiled, run_eval = loop.compile_together(
+      epoch_jit.lower(placed.state, placed.train, inputs(first_step, chunk)),
+      jax.jit(evaluate, static_argnums=2).lower(
+          placed.state, placed.valid, config.eval_batch_size))
   program = loop.Program(
       steps_per_epoch=steps_per_epoch, epochs=config.epochs, chunk=chunk,
       report_every=1, inputs=inputs,
