@@ -121,13 +121,16 @@ def normal_wishart(key, x, weight, beta0=2.0):
 
 def gaussian_rows(key, precision, shift):
   """Draws x_r ~ N(P_r^-1 h_r, P_r^-1) for every row r: precision [n, k, k],
-  shift h [n, k]."""
-  chol = jnp.linalg.cholesky(precision)
-  mean = jax.scipy.linalg.cho_solve((chol, True), shift[..., None])[..., 0]
+  shift h [n, k]. With P = L L^T and z ~ N(0, I): the mean L^-T L^-1 h
+  plus the noise L^-T z, i.e. L^-T (L^-1 h + z): two triangular solves,
+  one after the other (see `sweep` on why no two LAPACK calls may run side
+  by side)."""
+  low = jnp.linalg.cholesky(precision)
   z = jax.random.normal(key, shift.shape)
-  noise = jax.scipy.linalg.solve_triangular(
-      jnp.swapaxes(chol, -1, -2), z[..., None], lower=False)[..., 0]
-  return mean + noise
+  solve = jax.scipy.linalg.solve_triangular
+  y = solve(low, shift[..., None], lower=True)
+  return solve(jnp.swapaxes(low, -1, -2), y + z[..., None],
+               lower=False)[..., 0]
 
 
 def row_posterior(obs, side: int, other, residual, alpha, mu, lam):
@@ -156,14 +159,29 @@ def gamma_precision(key, sum_squares, count, a0=1.0, b0=1.0):
   return jax.random.gamma(key, a0 + count / 2.0) / (b0 + sum_squares / 2.0)
 
 
+def after(x, dependency):
+  """x, as a value XLA computes only once `dependency` is computed: x + 0 *
+  sum(dependency), which XLA cannot fold away for floats (0 * inf is nan).
+  jax.lax.optimization_barrier does not order work on XLA's CPU backend."""
+  return x + 0.0 * jnp.sum(dependency)
+
+
 def sweep(chain: Chain, obs, row_weight, mean):
   """One Gibbs sweep over both sides. obs: the training ratings
   (`observed.Dense` or `observed.Sparse`); row_weight: (users [n_users],
   items [n_items]) 1 for rows that exist (not '#na#')."""
   keys = jax.random.split(jax.random.fold_in(chain.key, chain.sweep), 9)
   u, v, alpha = chain.users, chain.items, chain.alpha
-  # Users, then items, each given the other's latest draw.
+  # Users, then items, each given the other's latest draw. Every LAPACK
+  # call here runs after the previous one: on the CPU each splits a batch
+  # big enough over XLA's thread pool and waits for the pieces from inside
+  # a pool thread, so two at once on two cores can leave both threads
+  # waiting forever (jaxlib 0.10.2: 4 chains at 50 or 100 factors). `after`
+  # makes the rows' Cholesky wait for the hyperparameters' last solve, and
+  # the items' hyperparameters for the users' draw (they need only the old
+  # items otherwise).
   mu, lam = normal_wishart(keys[0], u.factors, row_weight[0])
+  lam = after(lam, mu)
   e = obs.residual(mean, u.bias, v.bias)
   uf = factor_rows(keys[1], obs, 0, v.factors, e, alpha, mu, lam)
   d = obs.minus_dots(obs.residual(mean, None, v.bias), uf, v.factors)
@@ -171,7 +189,9 @@ def sweep(chain: Chain, obs, row_weight, mean):
                            jnp.sum(row_weight[0]))
   ub = bias_rows(keys[3], obs, 0, d, alpha, lam_bu) * row_weight[0]
   u = Side(uf * row_weight[0][:, None], ub, mu, lam, lam_bu)
-  mu, lam = normal_wishart(keys[4], v.factors, row_weight[1])
+  mu, lam = normal_wishart(keys[4], after(v.factors, u.factors),
+                           row_weight[1])
+  lam = after(lam, mu)
   e = obs.residual(mean, u.bias, v.bias)
   vf = factor_rows(keys[5], obs, 1, u.factors, e, alpha, mu, lam)
   d = obs.minus_dots(obs.residual(mean, u.bias, None), u.factors, vf)

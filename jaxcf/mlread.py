@@ -109,18 +109,23 @@ def movies(layout: str, path: Path) -> tuple[list, list, list]:
                       f"({str(e).splitlines()[0][:100]})") from None
     return list(ids), list(table["title"]), list(table["genres"])
   ids, titles, genres = [], [], []
+  for number, parts in dat_lines(path):
+    if len(parts) < 3 or not parts[0].isdigit():
+      raise UserError(f"{path}, line {number}: not movie::title::genres")
+    ids.append(int(parts[0]))
+    titles.append("::".join(parts[1:-1]))
+    genres.append(parts[-1])
+  return ids, titles, genres
+
+
+def dat_lines(path: Path):
+  """(line number, fields) of each non-empty line of a '::' file, in the
+  encoding the whole file decodes in (`io.decide_encoding`)."""
   with open(path, encoding=io.decide_encoding(str(path)), newline="") as f:
     for number, line in enumerate(f, 1):
       line = line.rstrip("\r\n")
-      if not line:
-        continue
-      parts = line.split("::")
-      if len(parts) < 3 or not parts[0].isdigit():
-        raise UserError(f"{path}, line {number}: not movie::title::genres")
-      ids.append(int(parts[0]))
-      titles.append("::".join(parts[1:-1]))
-      genres.append(parts[-1])
-  return ids, titles, genres
+      if line:
+        yield number, line.split("::")
 
 
 def _arrays(user, item, rating, timestamp, ids, titles, genres,

@@ -80,21 +80,15 @@ def _users_100k(path: Path) -> pd.DataFrame:
 def _users_dat(path: Path) -> pd.DataFrame:
   """users.dat: user::gender::age::occupation::zip (zip left out)."""
   rows = []
-  with open(path, encoding=io.decide_encoding(str(path)), newline="") as f:
-    for number, text in enumerate(f, 1):
-      text = text.rstrip("\r\n")
-      if not text:
-        continue
-      parts = text.split("::")
-      ok = (len(parts) == 5 and parts[0].isdigit() and parts[2].isdigit()
-            and parts[3].isdigit()
-            and int(parts[3]) < len(ML1M_OCCUPATIONS))
-      if not ok:
-        raise UserError(f"{path}, line {number}: not "
-                        "user::gender::age::occupation(0-20)::zip; delete "
-                        "the folder to download it again")
-      rows.append((int(parts[0]), parts[1], float(parts[2]),
-                   ML1M_OCCUPATIONS[int(parts[3])]))
+  for number, parts in mlread.dat_lines(path):
+    ok = (len(parts) == 5 and parts[0].isdigit() and parts[2].isdigit()
+          and parts[3].isdigit() and int(parts[3]) < len(ML1M_OCCUPATIONS))
+    if not ok:
+      raise UserError(f"{path}, line {number}: not "
+                      "user::gender::age::occupation(0-20)::zip; delete "
+                      "the folder to download it again")
+    rows.append((int(parts[0]), parts[1], float(parts[2]),
+                 ML1M_OCCUPATIONS[int(parts[3])]))
   return pd.DataFrame(rows, columns=["user", "gender", "age", "occupation"])
 
 

@@ -3,6 +3,8 @@ its closed form, recovery of a planted matrix with calibrated intervals,
 chains, determinism, the saved model, and bad settings refused."""
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,6 +165,50 @@ def test_a_planted_matrix_is_recovered_with_calibrated_intervals(
   z = np.abs(truth - np.asarray(mean)) / np.asarray(std)
   for level, bound in ((0.5, 0.6745), (0.9, 1.6449)):
     assert abs(np.mean(z <= bound) - level) < 0.06, (level, np.mean(z <= bound))
+
+
+def test_no_two_lapack_calls_of_a_sweep_can_run_side_by_side():
+  """On the CPU two LAPACK calls running at once can leave both of XLA's
+  pool threads waiting for each other (see gibbs.sweep): in the compiled
+  sweep of 4 vmapped chains, every LAPACK call must depend on the one
+  before it."""
+  rng = np.random.default_rng(6)
+  n_u, n_i, k = 12, 9, 3
+  users, items = rng.integers(1, n_u, 60), rng.integers(1, n_i, 60)
+  cells = np.unique(users * n_i + items)
+  obs = observed.dense(cells // n_i, cells % n_i,
+                       np.full(len(cells), 3.0, np.float32), n_u, n_i)
+  weight = (jnp.ones(n_u), jnp.ones(n_i))
+  side = lambda n: gibbs.Side(jnp.zeros((n, k)), jnp.zeros(n), jnp.zeros(k),
+                              jnp.eye(k), jnp.ones(()))
+  chains = jax.vmap(lambda seed: gibbs.Chain(
+      side(n_u), side(n_i), jnp.asarray(2.0), jax.random.key(seed),
+      jnp.zeros((), jnp.int32), jnp.zeros(1), jnp.zeros(()), {}))(
+          jnp.arange(4))
+  text = jax.jit(jax.vmap(lambda c: gibbs.sweep(c, obs, weight, 3.0))).lower(
+      chains).compile().as_text()
+  deps, calls = {}, []
+  for line in text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?(%[\w.\-]+) = (.*)", line)
+    if m:
+      deps[m.group(1)] = set(re.findall(r"%[\w.\-]+", m.group(2)))
+      if 'custom_call_target="lapack_' in line:
+        calls.append(m.group(1))
+  assert len(calls) >= 10, calls  # Cholesky, LU and solves of both sides
+
+  def ancestors(name):
+    seen, todo = set(), [name]
+    while todo:
+      for d in deps.get(todo.pop(), ()):
+        if d not in seen:
+          seen.add(d)
+          todo.append(d)
+    return seen
+
+  before = {c: ancestors(c) for c in calls}
+  side_by_side = [(a, b) for i, a in enumerate(calls) for b in calls[i + 1:]
+                  if a not in before[b] and b not in before[a]]
+  assert not side_by_side, side_by_side
 
 
 def test_the_layout_is_a_matrix_only_when_small_dense_and_unrepeated(
