@@ -20,11 +20,11 @@ One sweep draws, in turn, from each conditional given the rest (Salakhutdinov
 All rows at once: the per-row sums over each row's ratings come from
 `jaxcf.observed` (a dense rating matrix, one matmul per sum, for data like
 ML-100k; sorted rating lists and segment sums for larger, sparser data),
-then batched Cholesky factors, solves and draws. m is the training mean. After `burn_in` sweeps
-every sweep's validation predictions enter a running mean (the posterior
-mean, no samples stored: what the metrics rows report), and S draws spread
-evenly over those sweeps are kept for the saved model (which predicts
-their mean).
+then batched Cholesky factors, solves and draws. m is the training mean.
+After `burn_in` sweeps every sweep's validation predictions enter a
+running mean (the posterior mean, no samples stored: what the metrics rows
+report), and S draws spread evenly over those sweeps are kept for the
+saved model (which predicts their mean).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def _side(key, n, k, weight):
               bias_lam=jnp.ones(()))
 
 
-def check(spec, config, n_u: int, n_i: int) -> int:
+def check(spec, config) -> int:
   """The burn-in of a run of `spec` (normalised) under `config` (a
   `training.TrainConfig`), or a UserError for settings it cannot run."""
   _check_scheduler()
@@ -252,7 +252,7 @@ def train_group(replicas: Sequence, data: CollabData, config,
   k, kept = first.n_factors, first.samples
   n_u, n_i = data.n_users, data.n_items
   sweeps = config.epochs
-  burn = check(first, config, n_u, n_i)
+  burn = check(first, config)
   tu, ti, tr = (np.asarray(x) for x in data.train[:3])
   obs = (observed.dense if dense_layout(tu, ti, n_u, n_i) else
          observed.sparse)(tu, ti, tr, n_u, n_i)

@@ -91,10 +91,12 @@ class Sparse:
   n_items: int = flax.struct.field(pytree_node=False)
 
   def _rows(self, side: int):
-    """(row of each rating in the side's order, permutation or None, n)."""
+    """(row and other side's column of each rating, sorted by row; the
+    permutation from user order to that order, or None; the row count)."""
     if side == 0:
-      return self.users, None, self.n_users
-    return self.items[self.by_item], self.by_item, self.n_items
+      return self.users, self.items, None, self.n_users
+    return (self.items[self.by_item], self.users[self.by_item], self.by_item,
+            self.n_items)
 
   def residual(self, mean, user_bias, item_bias):
     x = self.ratings - mean
@@ -108,7 +110,7 @@ class Sparse:
     return values - jnp.sum(users[self.users] * items[self.items], -1)
 
   def row_sums(self, values, side: int):
-    rows, perm, n = self._rows(side)
+    rows, _, perm, n = self._rows(side)
     values = values if perm is None else values[perm]
     return jax.ops.segment_sum(values, rows, n, indices_are_sorted=True)
 
@@ -116,20 +118,14 @@ class Sparse:
     return self.row_sums(jnp.ones_like(self.ratings), side)
 
   def weighted(self, values, other, side: int):
-    rows, perm, n = self._rows(side)
-    cols = self.items if side == 0 else self.users
-    if perm is not None:
-      values, cols = values[perm], cols[perm]
+    rows, cols, perm, n = self._rows(side)
+    values = values if perm is None else values[perm]
     return jax.ops.segment_sum(values[:, None] * jnp.asarray(other)[cols],
-                               rows, n,
-                               indices_are_sorted=True)
+                               rows, n, indices_are_sorted=True)
 
   def gram(self, other, side: int):
     other = jnp.asarray(other)
-    rows_of, perm, n = self._rows(side)
-    cols = self.items if side == 0 else self.users
-    if perm is not None:
-      cols = cols[perm]
+    rows_of, cols, _, n = self._rows(side)
     k = other.shape[-1]
     rows, cols_t, where = _triangle(k)
     size = len(rows)

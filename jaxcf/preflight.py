@@ -17,8 +17,7 @@ def check_run(config: config_lib.RunConfig, replicas, data, single: bool):
   mesh and model of a single run (else None, None)."""
   if replicas[0].family.trainer == "gibbs":
     for replica in replicas:
-      gibbs.check(replica.normalised(), config.train_config(replica),
-                  data.n_users, data.n_items)
+      gibbs.check(replica.normalised(), config.train_config(replica))
     return None, None
   if replicas[0].family.trainer == "full_batch":
     for replica in replicas:
