@@ -32,7 +32,8 @@ DEFAULTS = {"epochs": 500, "lr": 1e-3, "wd": 100.0}
 # Training settings (flags) that mean nothing to full-batch training.
 IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
            "row_kernel", "param_dtype", "compute_dtype", "mesh",
-           "shard_data", "checkpoint_steps", "checkpoint_every", "eval_bs", "tensorboard")
+           "shard_data", "checkpoint_steps", "checkpoint_every",
+           "checkpoint_seconds", "eval_bs", "tensorboard")
 
 
 @flax.struct.dataclass

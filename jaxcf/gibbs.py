@@ -44,7 +44,8 @@ from jaxcf.errors import UserError
 DEFAULTS = {"epochs": 200, "lr": 1.0, "wd": 0.0}
 IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
            "row_kernel", "param_dtype", "compute_dtype", "mesh",
-           "shard_data", "checkpoint_steps", "checkpoint_every", "eval_bs",
+           "shard_data", "checkpoint_steps", "checkpoint_every",
+           "checkpoint_seconds", "eval_bs",
            "tensorboard", "lr", "wd", "input_dropout")
 # The dense layout while its two matrices stay this small and at least this
 # share of the cells is rated (its matmuls touch every cell), else sorted

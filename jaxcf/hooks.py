@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -109,14 +110,23 @@ class DivergenceGuard(Hook):
 
 class Checkpoints(Hook):
   """Saves the whole run into a `resume.RunCheckpoints` every `every`
-  periods, at the end, when stopping, and after every call when calls are
-  shorter than a period (so long epochs can resume mid-way)."""
+  periods, and after every call when calls are shorter than a period (so
+  long epochs can resume mid-way), skipping one due less than `seconds`
+  after the previous save (or the start); always at the end and when
+  stopping."""
 
-  def __init__(self, store, every: int = 1):
-    self.store, self.every = store, every
+  def __init__(self, store, every: int = 1, seconds: float = 0.0):
+    self.store, self.every, self.seconds = store, every, seconds
+    self.last = time.monotonic()
 
-  def _save(self, ctx: Context) -> None:
+  def begin(self, ctx: Context) -> None:
+    self.last = time.monotonic()
+
+  def _save(self, ctx: Context, always: bool) -> None:
+    if not always and time.monotonic() - self.last < self.seconds:
+      return
     self.store.save(ctx.step, ctx.state, ctx.progress.to_json())
+    self.last = time.monotonic()
     per_epoch = ctx.program.steps_per_epoch
     done = ctx.step - (ctx.step - 1) // per_epoch * per_epoch
     ctx.last_saved = f"epoch {ctx.epoch}, step {done}"
@@ -125,7 +135,7 @@ class Checkpoints(Hook):
     program = ctx.program
     chunked = program.chunk < program.steps_per_epoch * program.report_every
     if not program.reports_at(ctx.step) and (ctx.stopping or chunked):
-      self._save(ctx)
+      self._save(ctx, always=ctx.stopping)
 
   def after_report(self, ctx, rows, losses) -> None:
     if ctx.restored:
@@ -133,6 +143,6 @@ class Checkpoints(Hook):
     program = ctx.program
     chunked = program.chunk < program.steps_per_epoch * program.report_every
     periods = ctx.step // (program.steps_per_epoch * program.report_every)
-    if (ctx.stopping or chunked or ctx.step == program.total_steps
-        or periods % self.every == 0):
-      self._save(ctx)
+    final = ctx.stopping or ctx.step == program.total_steps
+    if final or chunked or periods % self.every == 0:
+      self._save(ctx, always=final)

@@ -256,6 +256,21 @@ def compile_together(*lowered):
     return tuple(pool.map(lambda low: low.compile(), lowered))
 
 
+class Compiling:
+  """A lowered program compiling on a thread while the caller goes on (XLA
+  compiles without the GIL, so Python work overlaps it): `out_info` is its
+  output's shapes at once, `result()` the compiled program when done."""
+
+  def __init__(self, lowered):
+    self.out_info = lowered.out_info
+    self._pool = concurrent.futures.ThreadPoolExecutor(1)
+    self._future = self._pool.submit(lowered.compile)
+    self._pool.shutdown(wait=False)
+
+  def result(self):
+    return self._future.result()
+
+
 def epoch_step_program(train, evaluate, state, epochs: int, every: int, lr,
                        replicas: int, args: tuple = ()
                        ) -> tuple[Program, float]:

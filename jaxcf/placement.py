@@ -96,13 +96,22 @@ class Placed:
   epoch_fn: Callable
   out_shardings: Any = None
 
+  def put_state(self, state) -> None:
+    """The state's values, where `place` was given only its shapes."""
+    self.state = state
+    hugepages.advise(state)
+
 
 def place(state, data: CollabData, *, batch_size: int, sampling: str,
           order_key: jax.Array, epochs: int, mesh=None,
           shard_data: bool = False,
           log: Callable[[str], None] = lambda _: None) -> Placed:
   """Puts a single run's state and data on its devices (see module doc).
-  The data order of each of `epochs` epochs comes from `order_key`."""
+  The data order of each of `epochs` epochs comes from `order_key`.
+
+  state: the values, or without a mesh their shapes (`jax.ShapeDtypeStruct`
+  leaves: the epoch can be lowered from them), the values given later to
+  `Placed.put_state`."""
   n = data.train.size
   seeds = steps.epoch_seeds(order_key, epochs)
   order = lambda epoch: steps.epoch_order(seeds[epoch], n, batch_size,

@@ -48,10 +48,19 @@ class RunCheckpoints:
     self.directory = os.path.abspath(directory)
     self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
     self.log = log or (lambda _: None)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True))
+    self.keep = keep
+    self._manager = None
+
+  @property
+  def manager(self):
+    """orbax's manager of the directory, made (and orbax imported, ~0.2 s)
+    at first use: a run in a fresh workdir needs it only to save."""
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(
+              max_to_keep=self.keep, create=True,
+              enable_async_checkpointing=False, cleanup_tmp_directories=True))
+    return self._manager
 
   def save(self, index: int, state, meta: dict) -> None:
     """Checkpoint number `index` (increasing: the global step); meta must be
@@ -83,9 +92,12 @@ class RunCheckpoints:
     their checksums) is moved to `<directory>-damaged/` and the next older
     one tried; if every one is damaged, a UserError.
 
-    like: a freshly initialised state of the same run (gives the shapes and
-    the static parts).
+    like: a state of the same run, or its shapes (`jax.ShapeDtypeStruct`
+    leaves): gives the shapes and the static parts.
     """
+    if self._manager is None and not (os.path.isdir(self.directory) and
+                                      os.listdir(self.directory)):
+      return None  # nothing saved yet
     skipped = []
     for index in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -131,7 +143,10 @@ class RunCheckpoints:
           f"{self.directory} holds checkpoints of a run with other settings "
           f"({', '.join('--' + k for k in changed)} differ); use another "
           "--workdir, or --restart to start over")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(like))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(_arrays, like))
     try:
       with checkpoint.quiet(reported=True):
         arrays = self.manager.restore(index, args=ocp.args.Composite(
@@ -159,7 +174,8 @@ class RunCheckpoints:
     return target
 
   def close(self) -> None:
-    self.manager.close()
+    if self._manager is not None:
+      self._manager.close()
 
 
 def _why(e: Exception) -> str:

@@ -263,6 +263,11 @@ class Output:
                                 "this many steps inside an epoch (for long "
                                 "epochs; 0: at epoch ends only).",
                                 affects_result=False)
+  checkpoint_seconds: float = field(
+      30.0, "With --workdir (one run): skip a checkpoint due less than this "
+      "many seconds after the previous one (or the start), so short runs "
+      "save once, at the end; a stop by a signal always saves (0: every "
+      "one).", affects_result=False)
   keep_checkpoints: int = field(2, "Checkpoints kept.", affects_result=False)
   restart: bool = field(False, "Move what --workdir holds (another run, "
                         "or this one's checkpoints) to WORKDIR/previous-N "
@@ -287,6 +292,8 @@ class Output:
            self.checkpoint_every, "at least 1")
     _check(self.checkpoint_steps >= 0, "checkpoint_steps",
            self.checkpoint_steps, "0 (epoch ends only) or positive")
+    _check(self.checkpoint_seconds >= 0, "checkpoint_seconds",
+           self.checkpoint_seconds, "0 (every checkpoint) or positive")
     _check(self.keep_checkpoints >= 1, "keep_checkpoints",
            self.keep_checkpoints, "at least 1 (the latest is what resumes)")
     _check(self.ensemble_top >= 0, "ensemble_top", self.ensemble_top,

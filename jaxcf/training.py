@@ -188,6 +188,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_losses: Callable[[np.ndarray], None] | None = None,
         log: Callable[[str], None] | None = print,
         checkpoints=None, checkpoint_every: int = 1,
+        checkpoint_seconds: float = 0.0,
         chunk_steps: int | None = None,
         stop_requested: Callable[[], bool] | None = None,
         mesh=None, shard_data: bool = False) -> FitResult:
@@ -202,8 +203,9 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     on_losses: called with each epoch's per-step training losses [steps].
     log: where progress lines go (None: silent).
     checkpoints: a `resume.RunCheckpoints`: the run continues from its
-      latest checkpoint, and saves one every `checkpoint_every` epochs and
-      at the end.
+      latest checkpoint, and saves one every `checkpoint_every` epochs
+      (skipping those due within `checkpoint_seconds` of the previous
+      save) and at the end.
     chunk_steps: run each epoch this many steps per compiled call (None: the
       whole epoch in one); with checkpoints, one is saved after each chunk,
       so long epochs can resume mid-way.
@@ -221,12 +223,14 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   started = time.perf_counter()
   per_epoch, tx = plan(model, data, config, mesh, shard_data)
   init_key, order_key = jax.random.split(jax.random.key(config.seed))
-  # One compiled program (cached across runs), not an op-by-op init: the
-  # same numbers, much faster on a cold start.
-  state = jax.jit(create_train_state, static_argnums=(0, 1))(
-      model, tx, init_key, model_constants(model, data))
-  progress = None
-  restored = checkpoints.restore(state) if checkpoints else None
+  constants = model_constants(model, data)
+  # The initialisation is one compiled program (cached across runs; op by
+  # op is much slower cold), compiling on a thread while the checkpoints
+  # are read and the epoch is lowered from the state's shapes.
+  init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
+                        .lower(model, tx, init_key, constants))
+  state, progress = None, None
+  restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:
     state, _, meta = restored
     progress = loop.Progress(**{k: meta[k] for k in (
@@ -234,15 +238,22 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     epoch, into_epoch = divmod(progress.step, per_epoch)
     say(f"resuming at epoch {epoch}, step {into_epoch} of {per_epoch}, from "
         f"{checkpoints.directory}")
-  placed = placement.place(state, data, batch_size=config.batch_size,
+  if state is None and mesh is not None:  # sharding needs the values
+    state = init.result()(init_key, constants)
+  placed = placement.place(init.out_info if state is None else state, data,
+                           batch_size=config.batch_size,
                            sampling=config.sampling, order_key=order_key,
                            epochs=config.epochs, mesh=mesh,
                            shard_data=shard_data, log=say)
   chunk = min(chunk_steps or per_epoch, per_epoch)
   setup_seconds = time.perf_counter() - started
   first = min(progress.step if progress else 0, per_epoch * config.epochs - 1)
-  program, compile_seconds = batch_program(placed, config, per_epoch, chunk,
-                                           first // per_epoch * per_epoch)
+  t0 = time.perf_counter()
+  program, _ = batch_program(placed, config, per_epoch, chunk,
+                             first // per_epoch * per_epoch)
+  if state is None:
+    placed.put_state(init.result()(init_key, constants))
+  compile_seconds = time.perf_counter() - t0
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
       f"({per_epoch} steps of {config.batch_size} per epoch"
       + (f", run {chunk} at a time)" if chunk < per_epoch else ")"))
@@ -254,7 +265,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   if on_losses:
     run_hooks.append(hooks.OnLosses(on_losses))
   if checkpoints:
-    run_hooks.append(hooks.Checkpoints(checkpoints, checkpoint_every))
+    run_hooks.append(hooks.Checkpoints(checkpoints, checkpoint_every,
+                                       checkpoint_seconds))
   outcome = loop.train_program(program, placed.state, run_hooks,
                                progress=progress, should_stop=stop_requested,
                                show_progress=bool(log))

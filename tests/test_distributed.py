@@ -83,7 +83,8 @@ def _checkpoints(workdir) -> list[int]:
 
 def test_two_processes_stop_together_and_resume_exactly(tiny_ml, tmp_path):
   common = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_ml}",
-            "--epochs=12", "--bs=8", "--n_factors=8", "--mesh=data:2"]
+            "--epochs=12", "--bs=8", "--n_factors=8", "--mesh=data:2",
+            "--checkpoint_seconds=0"]
   single = subprocess.run(
       common + ["--shard_data", f"--workdir={tmp_path / 'single'}"],
       capture_output=True, text=True, env=_env(2), timeout=300)

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO, train_cli, write_movielens
 
-FLAGS = ["--bs=4", "--lr=1e-2", "--model=embedding_nn", "--layers=8"]
+FLAGS = ["--bs=4", "--lr=1e-2", "--model=embedding_nn", "--layers=8",
+         "--checkpoint_seconds=0"]
 EPOCHS = 12
 STEPS = 124  # 498 training rows // bs 4
 
@@ -188,3 +189,31 @@ def test_checkpoints_of_an_older_layout_are_named(folder, tmp_path, capsys):
   store.close()
   assert train_cli(*args(folder, tmp_path, epochs=1)) == 2
   assert "checkpoints an older jaxcf wrote" in capsys.readouterr().err
+
+
+def test_checkpoint_seconds_skips_early_saves_but_never_the_end_or_a_stop(
+    folder, tmp_path):
+  """Saves due within --checkpoint_seconds of the previous one are skipped:
+  a short run checkpoints once, at its end; a stop saves at once."""
+  from jaxcf import datasets, resume, sweep, training
+  short = tmp_path / "short"
+  assert train_cli(*args(folder, short, "--checkpoint_seconds=3600",
+                         epochs=3)) == 0
+  assert checkpoints(short) == [3 * STEPS]
+  every = tmp_path / "every"
+  assert train_cli(*args(folder, every, epochs=3)) == 0  # FLAGS: 0 s
+  assert checkpoints(every) == [2 * STEPS, 3 * STEPS]  # two kept
+  d = datasets.load(datasets.Source(data_dir=str(folder.parent)), seed=42,
+                    log=None)
+  model = sweep.Replica(model="embedding_nn", layers=(8,)).create_model(d)
+  store = resume.RunCheckpoints(str(tmp_path / "stopped"), {})
+  calls = []
+  result = training.fit(
+      model, d, training.TrainConfig(epochs=EPOCHS, batch_size=4), log=None,
+      checkpoints=store, checkpoint_seconds=3600.0,
+      stop_requested=lambda: calls.append(1) or len(calls) >= 2)
+  store.close()
+  assert result.stopped
+  steps = sorted(int(p.name) for p in (tmp_path / "stopped").iterdir()
+                 if p.name.isdigit())
+  assert steps == [STEPS]

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import REPO, train_cli, write_movielens
 
-BASE = ["--epochs=2", "--bs=16", "--n_factors=4"]
+BASE = ["--epochs=2", "--bs=16", "--n_factors=4", "--checkpoint_seconds=0"]
 
 
 @pytest.fixture(scope="module")
