@@ -14,6 +14,10 @@ fills the cache first):
                 collab_learner, fit_one_cycle(5, 5e-3, wd=0.1) (needs the
                 bench extra: torch, fastai)
 
+With --baseline=DIR (another checkout, e.g. `git worktree add /tmp/before
+COMMIT`), that checkout's book runs, cold and warm, alternate with this
+one's in the same rounds: a change's gain measured side by side.
+
 jaxcf's phases come from its summary (`seconds`: import, read, setup,
 compile, train, evaluation, ranking, save); the process's exit is what
 remains.
@@ -38,6 +42,8 @@ flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_integer("rounds", 3, "Rounds of alternating measurements.")
 flags.DEFINE_list("cases", None, "Subset of cases (default: all).")
 flags.DEFINE_string("out", None, "Write OUT.json, OUT.md and OUT.png.")
+flags.DEFINE_string("baseline", None, "Another checkout whose book runs "
+                    "(cold, warm) alternate with this one's.")
 flags.DEFINE_bool("fastai_worker", False, "internal")
 flags.DEFINE_bool("redraw", False, "Only redraw OUT.md and OUT.png from "
                   "OUT.json.")
@@ -56,6 +62,7 @@ CASES = {
                       "--epochs=1"],
     "fastai book": None,
 }
+BASELINE = " [baseline]"  # the suffix of the --baseline checkout's cases
 
 
 def fastai_book() -> None:
@@ -91,7 +98,8 @@ def run_case(name: str, cache: str, workdir: str) -> dict:
             f"--data_dir={FLAGS.data_dir}"]
   else:
     shutil.rmtree(workdir, ignore_errors=True)
-    args = [sys.executable, os.path.join(REPO, "train.py"),
+    repo = FLAGS.baseline if name.endswith(BASELINE) else REPO
+    args = [sys.executable, os.path.join(repo, "train.py"),
             f"--workdir={workdir}", *CASES[name]]
     if FLAGS.data_dir:
       args.append(f"--data_dir={FLAGS.data_dir}")
@@ -177,18 +185,21 @@ def main(argv):
               v for k, v in o["seconds"].items() if k != "total")
     write(runs)
     return
+  if FLAGS.baseline:
+    for name in ("book (cold)", "book (warm)"):
+      CASES[name + BASELINE] = CASES[name]
   names = FLAGS.cases or list(CASES)
   scratch = tempfile.mkdtemp(prefix="jaxcf-wall-")
   warm = os.path.join(scratch, "warm-cache")
   runs = {name: [] for name in names}
   try:
     for name in names:  # untimed: fills the warm cache with every program
-      if CASES[name] is not None and name != "book (cold)":
+      if CASES[name] is not None and not name.startswith("book (cold)"):
         run_case(name, warm, os.path.join(scratch, "w"))
     for rnd in range(FLAGS.rounds):
       for name in names:
-        cache = (os.path.join(scratch, f"cold-{rnd}") if name == "book (cold)"
-                 else warm)
+        cache = (os.path.join(scratch, f"cold-{rnd}-{names.index(name)}")
+                 if name.startswith("book (cold)") else warm)
         out = run_case(name, cache, os.path.join(scratch, "w"))
         runs[name].append(out)
         print(f"round {rnd + 1} {name}: " + (f"{out['wall']:.2f}s" if "wall"
