@@ -49,9 +49,12 @@ IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
            "tensorboard", "lr", "wd", "input_dropout")
 # The dense layout while its two matrices stay this small and at least this
 # share of the cells is rated (its matmuls touch every cell), else sorted
-# lists: benchmarks/bpmf.py times both.
+# lists. Both build Gram matrices from `observed.RowLists`, so only the
+# cheaper sums differ: at 49% rated the matrix was 1.1-1.7x faster, at 10%
+# even, at ML-100k's 5% the lists 1.2x (50 factors) to 2x (10) faster
+# (`benchmarks/bpmf.py` times both on ML-100k, 2026-12-02).
 DENSE_MAX_BYTES = 1 << 30
-DENSE_MIN_DENSITY = 0.02
+DENSE_MIN_DENSITY = 0.15
 
 
 def dense_layout(users: np.ndarray, items: np.ndarray, n_users: int,

@@ -41,7 +41,7 @@ def _layouts(mask, values):
 
 @pytest.mark.parametrize("layout", [0, 1], ids=["dense", "sparse"])
 def test_row_posterior_is_the_sum_over_each_rows_ratings(layout, monkeypatch):
-  monkeypatch.setattr(observed, "GRAM_CHUNK_BYTES", 3 * 4 * 6)  # 3 a chunk
+  monkeypatch.setattr(observed, "BUCKET_CELLS", 16)  # 2 rows a bucket
   rng = np.random.default_rng(0)
   other = {0: rng.normal(size=(5, 3)), 1: rng.normal(size=(4, 3))}
   mask = (rng.random((4, 5)) < 0.6).astype(np.float32)
@@ -78,7 +78,7 @@ def test_bias_rows_and_gamma_precision_match_their_closed_forms(layout):
 def test_dense_and_sparse_sweeps_draw_the_same_chain(monkeypatch):
   """The two layouts are two ways to the same sums: the same keys give the
   same draws, sweep after sweep (float32 sums in another order)."""
-  monkeypatch.setattr(observed, "GRAM_CHUNK_BYTES", 4 * 10 * 50)
+  monkeypatch.setattr(observed, "BUCKET_CELLS", 24)  # buckets split
   rng = np.random.default_rng(5)
   n_u, n_i, k = 30, 20, 4
   mask = rng.random((n_u, n_i)) < 0.3
@@ -216,6 +216,7 @@ def test_the_layout_is_a_matrix_only_when_small_dense_and_unrepeated(
   users, items = np.array([1, 1, 2, 3]), np.array([1, 2, 2, 1])
   assert gibbs.dense_layout(users, items, 4, 3)
   assert not gibbs.dense_layout(users, items, 400, 300)  # 0.003% rated
+  assert not gibbs.dense_layout(users, items, 6, 5)  # 13% rated
   assert not gibbs.dense_layout(np.r_[users, 3], np.r_[items, 1], 4, 3)
   monkeypatch.setattr(gibbs, "DENSE_MAX_BYTES", 8 * 4 * 3 - 1)
   assert not gibbs.dense_layout(users, items, 4, 3)  # the matrices too big
@@ -287,3 +288,28 @@ def test_other_models_refuse_bpmf_settings(tiny_ml, capsys, tmp_path):
                    f"--workdir={tmp_path}") == 0
   with pytest.raises(errors.UserError, match="return_std and rank_by need"):
     jaxcf.load(str(tmp_path)).predict(1, ["Twin (1995)"], return_std=True)
+
+
+def test_row_lists_give_every_rows_gram_matrix(monkeypatch):
+  """Rows of 0 to 150 ratings (repeats kept) in buckets of growing length,
+  some split: each row's Gram matrix is the sum of its outer products."""
+  monkeypatch.setattr(observed, "BUCKET_CELLS", 200)
+  rng = np.random.default_rng(3)
+  n, m, k = 40, 30, 3
+  counts = rng.integers(0, 150, size=n)
+  counts[:3] = 0
+  rows = np.repeat(np.arange(n), counts)
+  cols = rng.integers(0, m, size=len(rows))
+  perm = rng.permutation(len(rows))
+  lists = observed.row_lists(rows[perm], cols[perm], n, m)
+  assert len({c.shape[1] for c in lists.cols}) > 4  # several lengths
+  assert len(lists.cols) > len({c.shape[1] for c in lists.cols})  # splits
+  listed = np.concatenate([np.asarray(r) for r in lists.rows])
+  assert sorted(listed) == sorted(np.nonzero(counts)[0])  # each row once
+  cells = sum(c.size for c in lists.cols)
+  assert cells <= 1.4 * len(rows) + 8 * n
+  other = rng.normal(size=(m, k)).astype(np.float32)
+  gram = np.asarray(lists.gram(other))
+  for r in range(n):
+    v = other[cols[rows == r]]
+    np.testing.assert_allclose(gram[r], v.T @ v, rtol=1e-5, atol=1e-5)
