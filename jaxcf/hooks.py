@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxcf import distributed
 from jaxcf.errors import UserError
 from jaxcf.loop import Context, Hook
 
@@ -108,6 +109,13 @@ class DivergenceGuard(Hook):
         f"checkpoint: {ctx.last_saved}")
 
 
+def _position(ctx: Context) -> str:
+  """Where the run stands, as `epoch E, step S` (S of the epoch's steps)."""
+  per_epoch = ctx.program.steps_per_epoch
+  done = ctx.step - (ctx.step - 1) // per_epoch * per_epoch
+  return f"epoch {ctx.epoch}, step {done}"
+
+
 class Checkpoints(Hook):
   """Saves the whole run into a `resume.RunCheckpoints` every `every`
   periods, and after every call when calls are shorter than a period (so
@@ -121,15 +129,17 @@ class Checkpoints(Hook):
 
   def begin(self, ctx: Context) -> None:
     self.last = time.monotonic()
+    if ctx.step:  # resumed: the checkpoint it resumed from
+      ctx.last_saved = _position(ctx)
 
   def _save(self, ctx: Context, always: bool) -> None:
-    if not always and time.monotonic() - self.last < self.seconds:
+    # Every process decides alike: a save is collective (orbax's barriers).
+    if not always and self.seconds and not distributed.any_process(
+        time.monotonic() - self.last >= self.seconds):
       return
     self.store.save(ctx.step, ctx.state, ctx.progress.to_json())
     self.last = time.monotonic()
-    per_epoch = ctx.program.steps_per_epoch
-    done = ctx.step - (ctx.step - 1) // per_epoch * per_epoch
-    ctx.last_saved = f"epoch {ctx.epoch}, step {done}"
+    ctx.last_saved = _position(ctx)
 
   def after_call(self, ctx: Context) -> None:
     program = ctx.program

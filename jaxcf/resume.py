@@ -69,9 +69,13 @@ class RunCheckpoints:
     arrays = _arrays(state)
     meta = checkpoint.with_checksums(
         arrays, {"fingerprint": self.fingerprint, **meta})
+    # Without a manager yet, this process has seen no checkpoint (restore
+    # makes one where the directory holds any); making it creates the
+    # directory, inside `saving` for a full disk.
     earlier = ("the earlier checkpoints are intact: rerun the same command "
                "once there is room to resume from the latest"
-               if self.manager.latest_step() is not None else
+               if self._manager is not None
+               and self._manager.latest_step() is not None else
                "no checkpoint was written yet")
     with saving(os.path.join(self.directory, str(index)), earlier):
       try:
@@ -81,7 +85,9 @@ class RunCheckpoints:
               meta=ocp.args.JsonSave(meta)))
           self.manager.wait_until_finished()
       except Exception:
-        for entry in os.listdir(self.directory):  # the partial save
+        entries = (os.listdir(self.directory)
+                   if os.path.isdir(self.directory) else [])
+        for entry in entries:  # the partial save
           if entry.startswith(f"{index}.orbax-checkpoint-tmp"):
             shutil.rmtree(os.path.join(self.directory, entry), True)
         raise

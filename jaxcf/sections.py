@@ -261,7 +261,8 @@ class Output:
                                 "latest.", affects_result=False)
   checkpoint_steps: int = field(0, "With --workdir: also checkpoint every "
                                 "this many steps inside an epoch (for long "
-                                "epochs; 0: at epoch ends only).",
+                                "epochs; 0: at epoch ends only), within "
+                                "--checkpoint_seconds.",
                                 affects_result=False)
   checkpoint_seconds: float = field(
       30.0, "With --workdir (one run): skip a checkpoint due less than this "
