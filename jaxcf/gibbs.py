@@ -51,8 +51,8 @@ IGNORED = ("bs", "pct_start", "div", "div_final", "sampling", "optimizer",
 # share of the cells is rated (its matmuls touch every cell), else sorted
 # lists. Both build Gram matrices from `observed.RowLists`, so only the
 # cheaper sums differ: at 49% rated the matrix was 1.1-1.7x faster, at 10%
-# even, at ML-100k's 5% the lists 1.2x (50 factors) to 2x (10) faster
-# (`benchmarks/bpmf.py` times both on ML-100k, 2026-12-02).
+# even; at ML-100k's 5% the lists are 1.5x faster at 10 factors and even at
+# 50-100 (`benchmarks/bpmf.py` times both on ML-100k, 2026-12-02).
 DENSE_MAX_BYTES = 1 << 30
 DENSE_MIN_DENSITY = 0.15
 
