@@ -14,8 +14,9 @@ Chosen on the inner split:
 4. the ensemble: the best dot_bias with 16 seeds; the same with rows drawn
    with replacement (bagging, wd re-chosen from 0.02/0.05/0.1) with 16
    seeds; the best side_nn with 4 seeds; each AutoRec family with 4 seeds;
-   with --bpmf, 4 Gibbs chains of BPMF (500 sweeps, n_factors 10/20/40
-   chosen by one chain); and the weights mixing these families (a grid on
+   with --bpmf, 4 Gibbs chains of BPMF (500 sweeps; n_factors 10/20/40
+   and the implicit prior on or off, with --bpmf_side also implicit plus
+   side features, chosen by one chain); and the weights mixing these families (a grid on
    the simplex).
 
 Reported on the test rows: the book's recipe (mean over 8 seeds), the tuned
@@ -56,6 +57,8 @@ flags.DEFINE_bool("autorec", False, "Also tune and mix two AutoRec families "
                   "(about 25 extra minutes per split on 2 cores).")
 flags.DEFINE_bool("bpmf", False, "Also mix Bayesian MF (Gibbs chains, "
                   "n_factors chosen on the inner split).")
+flags.DEFINE_bool("bpmf_side", False, "With --bpmf, also try BPMF's "
+                  "prior regressed on implicit feedback and side features.")
 flags.DEFINE_integer("inner_seed", 0, "Seed of the inner validation carve-out.")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
 FLAGS = flags.FLAGS
@@ -75,6 +78,9 @@ AUTOREC = {"autorec": sweep.Replica(model="autorec", layers=(500,),
 AUTOREC_LAMS = (50.0, 100.0, 200.0)
 AUTOREC_EPOCHS, AUTOREC_EVERY, AUTOREC_SEEDS = 1000, 100, 4
 BPMF_FACTORS, BPMF_SWEEPS, BPMF_CHAINS = (10, 20, 40), 500, 4
+# (implicit, side_prior) of the inner choice; with --bpmf_side also both.
+BPMF_PRIORS, BPMF_SIDE_PRIORS = ((False, False), (True, False)), ((True,
+                                                                   True),)
 
 
 def splits(table, folder):
@@ -157,13 +163,17 @@ def gibbs_results(d, replicas):
 
 
 def tune_bpmf(d: data.CollabData, log) -> sweep.Replica:
-  """The n_factors of one chain with the lowest validation MSE on `d`."""
-  results = [gibbs_results(d, [sweep.Replica(model="bpmf", n_factors=k,
-                                             seed=0)])[0]
-             for k in BPMF_FACTORS]
+  """The n_factors and implicit prior of one chain with the lowest
+  validation MSE on `d`."""
+  priors = BPMF_PRIORS + BPMF_SIDE_PRIORS * FLAGS.bpmf_side
+  results = [gibbs_results(d, [sweep.Replica(
+      model="bpmf", n_factors=k, implicit=imp, side_prior=side,
+      seed=0)])[0] for imp, side in priors for k in BPMF_FACTORS]
   best = min(results, key=lambda r: r.valid_loss)
   log("  inner bpmf: " + ", ".join(
-      f"{r.replica.n_factors} factors {r.valid_loss:.4f}" for r in results))
+      f"{r.replica.n_factors} factors{' implicit' * r.replica.implicit}"
+      f"{' side' * r.replica.side_prior} {r.valid_loss:.4f}"
+      for r in results))
   return best.replica
 
 
@@ -229,12 +239,15 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
       "chosen": {"dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
                  "side_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
                  "weights (dot_bias, bagged, side_nn" + "".join(
-                     f", {n}" for n in recs) + ")": [
+                     f", {n}" for n in recs)
+                 + ", bpmf" * (c["bpmf"] is not None) + ")": [
                          float(w) for w in c["weights"]],
                  **{n: {"lam": rep.wd, "epochs": e, "layers": list(
                      rep.layers), "dropout": rep.input_dropout}
                     for n, (rep, e) in c["autorec"].items()},
                  **({"bpmf": {"n_factors": c["bpmf"].n_factors,
+                              "implicit": c["bpmf"].implicit,
+                              "side_prior": c["bpmf"].side_prior,
                               "sweeps": BPMF_SWEEPS, "chains": BPMF_CHAINS}}
                     if c["bpmf"] is not None else {})},
       "book_single": float(np.mean([r.valid_loss for r in book])),
@@ -296,6 +309,14 @@ def main(argv):
                              lambda s: print(s, flush=True))
   text = "\n\n".join([markdown(results, rmse=False),
                       markdown(results, rmse=True)])
+  chosen = {n: r["chosen"]["bpmf"] for n, r in results.items()
+            if "bpmf" in r["chosen"]}
+  if chosen:
+    text += "\n\nBPMF chosen on the inner split: " + "; ".join(
+        f"{n}: {c['n_factors']} factors"
+        f"{', implicit prior' if c['implicit'] else ''}"
+        f"{', side features' if c.get('side_prior') else ''}"
+        for n, c in chosen.items())
   print(text)
   print(f"({time.perf_counter() - start:.0f}s)")
   if FLAGS.out:

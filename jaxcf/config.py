@@ -70,8 +70,9 @@ class RunConfig:
                       input_dropout=list(m.input_dropout),
                       param_dtype=[m.param_dtype],
                       compute_dtype=[m.compute_dtype],
-                      samples=[m.samples], lr=list(t.lr),
-                      wd=list(t.wd), seed=list(t.seed))
+                      samples=[m.samples], implicit=[m.implicit],
+                      side_prior=[m.side_prior],
+                      lr=list(t.lr), wd=list(t.wd), seed=list(t.seed))
 
   def train_config(self, replica=None):
     """The `training.TrainConfig` every replica shares (with `replica`'s

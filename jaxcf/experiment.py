@@ -51,12 +51,15 @@ def load_data(config: config_lib.RunConfig, log=print):
                        valid_pct=d.valid_pct, seed=seed,
                        valid_file=d.valid_file, duplicates=d.duplicates,
                        y_ranges=y_ranges, clip=d.clip_ratings, log=log)
-  if any(f.needs_side for f in config.model.families):
+  side_prior = any(r.side_prior for r in config.replicas())
+  if any(f.needs_side for f in config.model.families) or side_prior:
+    what = "--side_prior" if side_prior else "--model=side_nn"
     if data.release is None:
-      raise UserError("--model=side_nn uses a MovieLens release's side "
+      raise UserError(f"{what} uses a MovieLens release's side "
                       "information (--dataset=ml-100k, ml-1m, ...); a "
                       "--ratings_file has none")
-    kinds = [k.strip() for k in d.side.split(",") if k.strip()]
+    kinds = ([k.strip() for k in d.side.split(",") if k.strip()]
+             if not side_prior else ["user", "item"])
     data = features.attach(data, features.movielens(
         data, data.folder, kinds, release=data.release))
     log(f"side information: {', '.join(kinds)}")

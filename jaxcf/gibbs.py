@@ -17,6 +17,11 @@ One sweep draws, in turn, from each conditional given the rest (Salakhutdinov
                           1 + sum b^2 / 2)
   the noise precision     alpha ~ Gamma(1 + N/2, 1 + SSE/2)
 
+With `implicit` (`jaxcf.featureprior`), each user's prior mean is also
+regressed on the items they rated and each item's on its raters (Bayesian
+SVD++, flipped): two more draws per side, the regression weights and
+their precision.
+
 All rows at once: the per-row sums over each row's ratings come from
 `jaxcf.observed` (a dense rating matrix, one matmul per sum, for data like
 ML-100k; sorted rating lists and segment sums for larger, sparser data),
@@ -36,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import loop, observed, steps
+from jaxcf import featureprior, loop, observed, steps
+from jaxcf.conjugate import (after, gamma_precision, gaussian_rows,
+                             normal_wishart)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -73,12 +80,16 @@ def dense_layout(users: np.ndarray, items: np.ndarray, n_users: int,
 
 @flax.struct.dataclass
 class Side:
-  """One side's draw: factors [n, k], biases [n], their hyperparameters."""
+  """One side's draw: factors [n, k], biases [n], their hyperparameters;
+  with features (`jaxcf.featureprior`) their factors beta [d, k] and
+  precision beta_lam [] (else None)."""
   factors: jax.Array
   bias: jax.Array
   mu: jax.Array       # [k]
   lam: jax.Array      # [k, k]
   bias_lam: jax.Array  # []
+  beta: jax.Array | None = None
+  beta_lam: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -93,56 +104,13 @@ class Chain:
   kept: dict              # the last S sweeps' draws (a ring buffer)
 
 
-def wishart(key, scale_chol, df):
-  """A Wishart(W, df) draw, W = L L^T (Bartlett): L A A^T L^T."""
-  k = scale_chol.shape[-1]
-  kn, kc = jax.random.split(key)
-  chi2 = 2.0 * jax.random.gamma(kc, (df - jnp.arange(k)) / 2.0)
-  a = jnp.tril(jax.random.normal(kn, (k, k)), -1) + jnp.diag(jnp.sqrt(chi2))
-  la = scale_chol @ a
-  return la @ la.T
-
-
-def normal_wishart(key, x, weight, beta0=2.0):
-  """(mu, Lam) given rows x [n, k] (weight [n]: 1 for rows that count), the
-  prior mu0 = 0, beta0, W0 = I, nu0 = k."""
-  k = x.shape[-1]
-  n = jnp.sum(weight)
-  mean = jnp.sum(x * weight[:, None], 0) / n
-  centred = (x - mean) * weight[:, None]
-  scatter = centred.T @ centred
-  beta = beta0 + n
-  w_inv = (jnp.eye(k) + scatter + beta0 * n / beta * jnp.outer(mean, mean))
-  w_chol = jnp.linalg.cholesky(jnp.linalg.inv(w_inv))
-  kl, km = jax.random.split(key)
-  lam = wishart(kl, w_chol, k + n)
-  mu_mean = n * mean / beta
-  lam_chol = jnp.linalg.cholesky(beta * lam)
-  mu = mu_mean + jax.scipy.linalg.solve_triangular(
-      lam_chol.T, jax.random.normal(km, (k,)), lower=False)
-  return mu, lam
-
-
-def gaussian_rows(key, precision, shift):
-  """Draws x_r ~ N(P_r^-1 h_r, P_r^-1) for every row r: precision [n, k, k],
-  shift h [n, k]. With P = L L^T and z ~ N(0, I): the mean L^-T L^-1 h
-  plus the noise L^-T z, i.e. L^-T (L^-1 h + z): two triangular solves,
-  one after the other (see `sweep` on why no two LAPACK calls may run side
-  by side)."""
-  low = jnp.linalg.cholesky(precision)
-  z = jax.random.normal(key, shift.shape)
-  solve = jax.scipy.linalg.solve_triangular
-  y = solve(low, shift[..., None], lower=True)
-  return solve(jnp.swapaxes(low, -1, -2), y + z[..., None],
-               lower=False)[..., 0]
-
-
 def row_posterior(obs, side: int, other, residual, alpha, mu, lam):
   """(P [n, k, k], h [n, k]) of every row's factors on `side` (0 users, 1
-  items) given the other side's factors [m, k] and the per-rating residual
-  e (`observed`: Dense or Sparse)."""
+  items) given the other side's factors [m, k], the per-rating residual e
+  (`observed`: Dense or Sparse) and the prior N(mu, Lam^-1), mu [k] or
+  each row's [n, k]."""
   return (lam + alpha * obs.gram(other, side),
-          lam @ mu + alpha * obs.weighted(residual, other, side))
+          mu @ lam + alpha * obs.weighted(residual, other, side))
 
 
 def factor_rows(key, obs, side, other, residual, alpha, mu, lam):
@@ -158,22 +126,31 @@ def bias_rows(key, obs, side, residual, alpha, lam_b):
   return mean + jax.random.normal(key, mean.shape) / jnp.sqrt(precision)
 
 
-def gamma_precision(key, sum_squares, count, a0=1.0, b0=1.0):
-  """A precision ~ Gamma(a0 + count/2, rate b0 + sum_squares/2)."""
-  return jax.random.gamma(key, a0 + count / 2.0) / (b0 + sum_squares / 2.0)
+def hyperparameters(key, side: Side, weight, feats):
+  """(each row's prior mean [k] or [n, k], Lam, the Side's new mu, lam,
+  beta, beta_lam) given its factors; feats: `featureprior.Features` or
+  None. Each LAPACK call waits for the one before (see `sweep`)."""
+  if feats is None:
+    mu, lam = normal_wishart(key, side.factors, weight)
+    return mu, after(lam, mu), (mu, lam, None, None)
+  kw, kb, kl = jax.random.split(key, 3)
+  d = side.beta.shape[0]
+  mu, lam = normal_wishart(
+      kw, side.factors - featureprior.prior_means(feats, side.beta), weight,
+      extra_scatter=side.beta_lam * side.beta.T @ side.beta, extra_df=d)
+  lam_chol = jnp.linalg.cholesky(after(lam, mu))
+  beta = featureprior.draw_beta(kb, feats, side.factors, mu, lam_chol,
+                                side.beta_lam)
+  beta_lam = featureprior.draw_lam_beta(kl, beta, lam)
+  means = mu + featureprior.prior_means(feats, beta)
+  return means, after(lam, beta), (mu, lam, beta, beta_lam)
 
 
-def after(x, dependency):
-  """x, as a value XLA computes only once `dependency` is computed: x + 0 *
-  sum(dependency), which XLA cannot fold away for floats (0 * inf is nan).
-  jax.lax.optimization_barrier does not order work on XLA's CPU backend."""
-  return x + 0.0 * jnp.sum(dependency)
-
-
-def sweep(chain: Chain, obs, row_weight, mean):
+def sweep(chain: Chain, obs, row_weight, mean, feats=(None, None)):
   """One Gibbs sweep over both sides. obs: the training ratings
   (`observed.Dense` or `observed.Sparse`); row_weight: (users [n_users],
-  items [n_items]) 1 for rows that exist (not '#na#')."""
+  items [n_items]) 1 for rows that exist (not '#na#'); feats: each side's
+  `featureprior.Features`, or None."""
   keys = jax.random.split(jax.random.fold_in(chain.key, chain.sweep), 9)
   u, v, alpha = chain.users, chain.items, chain.alpha
   # Users, then items, each given the other's latest draw. Every LAPACK
@@ -181,28 +158,30 @@ def sweep(chain: Chain, obs, row_weight, mean):
   # big enough over XLA's thread pool and waits for the pieces from inside
   # a pool thread, so two at once on two cores can leave both threads
   # waiting forever (jaxlib 0.10.2: 4 chains at 50 or 100 factors). `after`
-  # makes the rows' Cholesky wait for the hyperparameters' last solve, and
-  # the items' hyperparameters for the users' draw (they need only the old
-  # items otherwise).
-  mu, lam = normal_wishart(keys[0], u.factors, row_weight[0])
-  lam = after(lam, mu)
+  # makes the rows' draw (on the CPU a C++ kernel, `rowkernels`, which uses
+  # no pool thread; elsewhere a Cholesky and two solves) wait for the
+  # hyperparameters' last solve, and the items' hyperparameters for the
+  # users' draw (they need only the old items otherwise).
+  prior, lam, hyper = hyperparameters(keys[0], u, row_weight[0], feats[0])
   e = obs.residual(mean, u.bias, v.bias)
-  uf = factor_rows(keys[1], obs, 0, v.factors, e, alpha, mu, lam)
+  uf = factor_rows(keys[1], obs, 0, v.factors, e, alpha, prior, lam)
   d = obs.minus_dots(obs.residual(mean, None, v.bias), uf, v.factors)
   lam_bu = gamma_precision(keys[2], jnp.sum(row_weight[0] * u.bias**2),
                            jnp.sum(row_weight[0]))
   ub = bias_rows(keys[3], obs, 0, d, alpha, lam_bu) * row_weight[0]
-  u = Side(uf * row_weight[0][:, None], ub, mu, lam, lam_bu)
-  mu, lam = normal_wishart(keys[4], after(v.factors, u.factors),
-                           row_weight[1])
-  lam = after(lam, mu)
+  u = Side(uf * row_weight[0][:, None], ub, hyper[0], hyper[1], lam_bu,
+           *hyper[2:])
+  prior, lam, hyper = hyperparameters(
+      keys[4], v.replace(factors=after(v.factors, u.factors)), row_weight[1],
+      feats[1])
   e = obs.residual(mean, u.bias, v.bias)
-  vf = factor_rows(keys[5], obs, 1, u.factors, e, alpha, mu, lam)
+  vf = factor_rows(keys[5], obs, 1, u.factors, e, alpha, prior, lam)
   d = obs.minus_dots(obs.residual(mean, u.bias, None), u.factors, vf)
   lam_bi = gamma_precision(keys[6], jnp.sum(row_weight[1] * v.bias**2),
                            jnp.sum(row_weight[1]))
   vb = bias_rows(keys[7], obs, 1, d, alpha, lam_bi) * row_weight[1]
-  v = Side(vf * row_weight[1][:, None], vb, mu, lam, lam_bi)
+  v = Side(vf * row_weight[1][:, None], vb, hyper[0], hyper[1], lam_bi,
+           *hyper[2:])
   err = obs.minus_dots(obs.residual(mean, u.bias, v.bias), u.factors,
                        v.factors)
   sse = obs.total(err**2)
@@ -222,10 +201,12 @@ def _check_scheduler() -> None:
                     "jaxcf before running anything in JAX, or set it")
 
 
-def _side(key, n, k, weight):
+def _side(key, n, k, weight, feats):
+  beta = None if feats is None else jnp.zeros((feats.x.shape[1], k))
   return Side(factors=0.1 * jax.random.normal(key, (n, k)) * weight[:, None],
               bias=jnp.zeros(n), mu=jnp.zeros(k), lam=jnp.eye(k),
-              bias_lam=jnp.ones(()))
+              bias_lam=jnp.ones(()), beta=beta,
+              beta_lam=None if feats is None else jnp.ones(()))
 
 
 def check(spec, config) -> int:
@@ -262,13 +243,23 @@ def train_group(replicas: Sequence, data: CollabData, config,
          observed.sparse)(tu, ti, tr, n_u, n_i)
   weight = (jnp.ones(n_u).at[0].set(0.0), jnp.ones(n_i).at[0].set(0.0))
   mean = float(np.mean(tr))
+  feats = (None, None)
+  if first.side_prior and data.side is None:
+    raise UserError("--side_prior regresses on a MovieLens release's side "
+                    "information (--dataset=ml-100k, ml-1m, ...); a "
+                    "--ratings_file has none: drop --side_prior")
+  if first.implicit or first.side_prior:
+    feats = featureprior.feature_pair(
+        tu, ti, n_u, n_i, first.implicit,
+        featureprior.side_columns(data.side.constants)
+        if first.side_prior else None)
   clip = jnp.asarray([tr.min(), tr.max()], jnp.float32)
   vu, vi = data.valid.users, data.valid.items
   thin = max(1, (sweeps - burn) // kept)
 
   # The matrices go in as arguments: as constants baked into the program,
   # XLA's constant folding takes minutes on them.
-  matrices = {"obs": obs, "weight": weight, "vu": vu, "vi": vi,
+  matrices = {"obs": obs, "weight": weight, "feats": feats, "vu": vu, "vi": vi,
               "valid": data.valid.ratings}
 
   def draw_valid(c: Chain, m):
@@ -281,12 +272,13 @@ def train_group(replicas: Sequence, data: CollabData, config,
     buffer = {"uf": jnp.zeros((kept, n_u, k)), "vf": jnp.zeros((kept, n_i, k)),
               "ub": jnp.zeros((kept, n_u)), "vb": jnp.zeros((kept, n_i)),
               "noise": jnp.ones(kept)}
-    return Chain(_side(ku, n_u, k, weight[0]), _side(ki, n_i, k, weight[1]),
+    return Chain(_side(ku, n_u, k, weight[0], feats[0]),
+                 _side(ki, n_i, k, weight[1], feats[1]),
                  jnp.asarray(2.0), key, jnp.zeros((), jnp.int32),
                  jnp.zeros(vu.shape), jnp.zeros(()), buffer)
 
   def step(c: Chain, m):
-    c, mse = sweep(c, m["obs"], m["weight"], mean)
+    c, mse = sweep(c, m["obs"], m["weight"], mean, m["feats"])
     after = c.sweep > burn
     # Keep S draws spread evenly over the sweeps after the burn-in.
     j = c.sweep - burn

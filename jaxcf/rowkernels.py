@@ -1,4 +1,5 @@
-"""C++ row kernels for XLA:CPU (`rowkernels.cc`), built on first use.
+"""C++ kernels for XLA:CPU (`rowkernels.cc`, `gaussianrows.cc`), built on
+first use.
 
 XLA:CPU moves embedding rows with generic gather/scatter loops (~1 ns per
 element); at bs 8192 on a 480k x 50 table that is most of a row-wise
@@ -10,10 +11,21 @@ C++ kernels instead, called through `jax.ffi`:
   one side's tables (factors, bias), summing the gradients of repeated ids
   first, in place (the outputs alias the table and slot buffers).
 
-The source is compiled with the system's C++ compiler (`$CXX`, else `c++`)
+And the Gibbs sampler (`jaxcf.conjugate.gaussian_rows`) draws its rows with
+a fourth, in a library of its own:
+
+* `gaussian_rows(precision, shift, noise)`: every row's Cholesky factor and
+  both triangular solves in one pass, 8 small matrices at once across SIMD
+  lanes; any leading batch shape, and `vmap`. At 50 factors a draw of
+  ML-100k's 943 users took 2.2-2.7 ms, its 1682 items 4.2-4.4, against
+  12.6-17 and 42-46 ms by jnp's batched LAPACK calls (2 busy cores).
+
+Each source is compiled with the system's C++ compiler (`$CXX`, else `c++`)
 against the XLA FFI headers that jaxlib ships, into a cache directory
 (`$JAXCF_CACHE`, else ~/.cache/jaxcf), once per source, jaxlib version and
-machine. CPU only, float32 tables, one device, no `vmap`: `check` says why
+machine, for the baseline ISA only (the Gaussian kernel picks AVX2 code at
+run time where the CPU has it). CPU only, float32, one device, and `vmap`
+only for the Gaussian kernel: `check` and `gaussian_unavailable` say why
 not otherwise.
 """
 
@@ -31,6 +43,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcf import compilecache
 
@@ -39,6 +52,14 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"gather_rows": "JaxcfGatherRows",
            "rowwise_adagrad": "JaxcfRowwiseAdagrad",
            "lazy_adamw": "JaxcfLazyAdamw"}
+GAUSSIAN_SOURCE = Path(__file__).with_name("gaussianrows.cc")
+# Contraction makes a * b + c one FMA where the CPU has it; no errno lets
+# sqrt be one vector instruction.
+GAUSSIAN_FLAGS = FLAGS + ("-ffp-contract=fast", "-fno-math-errno",
+                          "-Wno-psabi")
+GAUSSIAN_TARGETS = {"gaussian_rows": "JaxcfGaussianRows"}
+# 0: the fastest code this CPU runs; 1 baseline ISA, 2 AVX2 + FMA (tests).
+GAUSSIAN_VARIANTS = {"auto": 0, "baseline": 1, "avx2": 2}
 
 
 class Unavailable(RuntimeError):
@@ -49,9 +70,8 @@ def _cache_dir() -> Path:
   return compilecache.root()
 
 
-@functools.cache
-def _library() -> ctypes.CDLL:
-  """Builds (once) and loads the kernels, registering them with XLA."""
+def _build(source_path: Path, flags, targets) -> ctypes.CDLL:
+  """Builds (once) and loads one source's kernels, registering them."""
   if not hasattr(jax, "ffi"):
     raise Unavailable(f"jax {jax.__version__} has no jax.ffi")
   wanted = os.environ.get("CXX")
@@ -61,33 +81,46 @@ def _library() -> ctypes.CDLL:
     raise Unavailable(f"$CXX={wanted} is not a program" if wanted else
                       "no C++ compiler found (c++, g++, clang++; or set $CXX)")
   include = jax.ffi.include_dir()
-  source = SOURCE.read_bytes()
+  source = source_path.read_bytes()
   tag = hashlib.sha256(b"\0".join(
       [source, *(x.encode() for x in (jax.__version__, platform.machine(),
-                                      include, compiler, *FLAGS))])
+                                      include, compiler, *flags))])
                        ).hexdigest()[:16]
-  path = _cache_dir() / f"rowkernels-{tag}.so"
+  path = _cache_dir() / f"{source_path.stem}-{tag}.so"
   try:
     if not path.exists():
       path.parent.mkdir(parents=True, exist_ok=True)
       with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         built = Path(tmp) / path.name
         proc = subprocess.run(
-            [compiler, *FLAGS, "-I", include, str(SOURCE), "-o", str(built)],
-            capture_output=True, text=True, check=False)
+            [compiler, *flags, "-I", include, str(source_path), "-o",
+             str(built)], capture_output=True, text=True, check=False)
         if proc.returncode:
-          raise Unavailable(f"compiling {SOURCE.name} with {compiler} "
+          raise Unavailable(f"compiling {source_path.name} with {compiler} "
                             f"failed: {proc.stderr.strip()[-2000:]}")
         os.replace(built, path)  # atomic: parallel builders agree
     library = ctypes.cdll.LoadLibrary(str(path))
   except OSError as e:
     raise Unavailable(f"building the kernels in {path.parent}: {e} (set "
                       "$JAXCF_CACHE to a writable folder)") from e
-  for name, symbol in TARGETS.items():
+  for name, symbol in targets.items():
     jax.ffi.register_ffi_target(f"jaxcf_{name}",
                                 jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return library
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+  """The row kernels (`rowkernels.cc`), built and registered once."""
+  return _build(SOURCE, FLAGS, TARGETS)
+
+
+@functools.cache
+def _gaussian_library() -> ctypes.CDLL:
+  """The Gaussian rows kernel (`gaussianrows.cc`), built and registered
+  once."""
+  return _build(GAUSSIAN_SOURCE, GAUSSIAN_FLAGS, GAUSSIAN_TARGETS)
 
 
 def check(param_dtype=jnp.float32) -> None:
@@ -133,3 +166,31 @@ def update_rows(kind: str, ids: jax.Array, hyper, tables):
   new = jax.ffi.ffi_call(f"jaxcf_{kind}", out,
                          input_output_aliases=aliases)(*args)
   return [tuple(new[2 * k:2 * k + 2]) for k in range(len(tables))]
+
+
+@functools.cache
+def gaussian_unavailable() -> str | None:
+  """Why `gaussian_rows` cannot run here (building it if need be), or None.
+  Asked once per process: a failed build is not retried."""
+  if jax.default_backend() != "cpu":
+    return (f"the Gaussian rows kernel is for the CPU backend, not "
+            f"{jax.default_backend()}")
+  try:
+    _gaussian_library()
+  except Unavailable as e:
+    return str(e)
+  return None
+
+
+def gaussian_rows(precision: jax.Array, shift: jax.Array, noise: jax.Array,
+                  variant: str = "auto") -> jax.Array:
+  """x_r = L_r^-T (L_r^-1 h_r + z_r) with P_r = L_r L_r^T (of (P_r + P_r^T)
+  / 2) for every row r: float32 precision P [..., k, k], shift h and noise
+  z [..., k] -> [..., k]; NaN rows where P_r is not positive definite.
+  variant: a key of GAUSSIAN_VARIANTS (an error where the CPU lacks it)."""
+  _gaussian_library()
+  out = jax.ShapeDtypeStruct(shift.shape, jnp.float32)
+  return jax.ffi.ffi_call("jaxcf_gaussian_rows", out,
+                          vmap_method="broadcast_all")(
+                              precision, shift, noise,
+                              variant=np.int32(GAUSSIAN_VARIANTS[variant]))

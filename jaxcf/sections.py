@@ -155,6 +155,13 @@ class Model:
                                            "training (a list sweeps).")
   samples: int = field(32, "bpmf: posterior samples kept in the saved "
                        "model (the last this many sweeps).")
+  implicit: bool = field(False, "bpmf: regress each user's prior mean on "
+                         "the items they rated and each item's on its "
+                         "raters (Bayesian SVD++, flipped; training "
+                         "ratings only).")
+  side_prior: bool = field(False, "bpmf: regress the prior means on the "
+                           "MovieLens side features too (users: gender, "
+                           "occupation, age; items: genres, year).")
   param_dtype: str = field("float32", "float32, or bfloat16: store weights "
                            "and optimiser moments in half the bytes.")
   compute_dtype: str = field("float32", "float32, or bfloat16: compute "

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, errors, gibbs, observed, sweep, training
+from jaxcf import (datasets, errors, gibbs, observed, rowkernels, sweep,
+                   training)
 from tests.conftest import train_cli
 
 DRAWS = 20_000
@@ -170,7 +171,8 @@ def test_a_planted_matrix_is_recovered_with_calibrated_intervals(
 def test_no_two_lapack_calls_of_a_sweep_can_run_side_by_side():
   """On the CPU two LAPACK calls running at once can leave both of XLA's
   pool threads waiting for each other (see gibbs.sweep): in the compiled
-  sweep of 4 vmapped chains, every LAPACK call must depend on the one
+  sweep of 4 vmapped chains, every LAPACK call, and the rows' C++ kernel
+  (`rowkernels.gaussian_rows`) where it runs, must depend on the one
   before it."""
   rng = np.random.default_rng(6)
   n_u, n_i, k = 12, 9, 3
@@ -187,14 +189,20 @@ def test_no_two_lapack_calls_of_a_sweep_can_run_side_by_side():
           jnp.arange(4))
   text = jax.jit(jax.vmap(lambda c: gibbs.sweep(c, obs, weight, 3.0))).lower(
       chains).compile().as_text()
-  deps, calls = {}, []
+  deps, calls, kernels = {}, [], 0
   for line in text.splitlines():
     m = re.match(r"\s*(?:ROOT )?(%[\w.\-]+) = (.*)", line)
     if m:
       deps[m.group(1)] = set(re.findall(r"%[\w.\-]+", m.group(2)))
-      if 'custom_call_target="lapack_' in line:
+      if re.search(r'custom_call_target="(lapack_|jaxcf_gaussian_rows")',
+                   line):
         calls.append(m.group(1))
-  assert len(calls) >= 10, calls  # Cholesky, LU and solves of both sides
+        kernels += "jaxcf_gaussian_rows" in line
+  # Per side: the hyperparameters' LU, Cholesky and solves, then the rows'
+  # draw: the kernel, or (without it) a Cholesky and two solves more.
+  kernel = rowkernels.gaussian_unavailable() is None
+  assert kernels == (2 if kernel else 0), calls
+  assert len(calls) - kernels >= (10 if kernel else 16), calls
 
   def ancestors(name):
     seen, todo = set(), [name]

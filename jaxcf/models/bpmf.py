@@ -133,8 +133,9 @@ def _create(spec, n_users, n_items, side):
 
 registry.register(registry.Family(
     name="bpmf", module=BPMF, create=_create,
-    settings=frozenset({"n_factors", "samples"}), in_state=frozenset(),
-    defaults={"samples": 32},
+    settings=frozenset({"n_factors", "samples", "implicit", "side_prior"}),
+    in_state=frozenset(),
+    defaults={"samples": 32, "implicit": False, "side_prior": False},
     tables={"user_factors": "users", "user_bias": "users",
             "user_spread": "users", "item_factors": "items",
             "item_bias": "items", "item_spread": "items"},

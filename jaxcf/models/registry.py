@@ -44,6 +44,8 @@ CHECKS = {
     "input_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "by": (lambda v: v in BY, f"one of {', '.join(BY)}"),
     "samples": (_positive_int, "a positive integer"),
+    "implicit": (lambda v: isinstance(v, bool), "true or false"),
+    "side_prior": (lambda v: isinstance(v, bool), "true or false"),
     "param_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     "compute_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
 }
@@ -63,6 +65,9 @@ class Spec:
     input_dropout: autorec: the share of input ratings hidden in training.
     by: autorec: 'item' (I-AutoRec) or 'user' (U-AutoRec).
     samples: bpmf: posterior samples kept in the model.
+    implicit: bpmf: prior means regressed on implicit feedback (see
+      `jaxcf.featureprior`).
+    side_prior: bpmf: prior means regressed on side features too.
     param_dtype, compute_dtype: 'float32' or 'bfloat16' (see `create`).
   """
   model: str = "dot_bias"
@@ -73,6 +78,8 @@ class Spec:
   input_dropout: float | None = 0.0
   by: str | None = "item"
   samples: int | None = None
+  implicit: bool | None = None
+  side_prior: bool | None = None
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
 
