@@ -165,7 +165,7 @@ def test_sweep_groups_by_what_is_compiled(name):
     other = {"n_factors": 6, "layers": (12,), "y_range": (0.5, 5.0),
              "id_dropout": 0.25, "input_dropout": 0.25, "by": "user",
              "param_dtype": "bfloat16", "compute_dtype": "bfloat16",
-             "samples": 4}[setting]
+             "samples": 4, "implicit": True, "side_prior": True}[setting]
     changed = dataclasses.replace(base, **{setting: other}).normalised()
     assert changed != base
     same = changed.group_key() == base.group_key()
@@ -177,7 +177,8 @@ def test_sweep_groups_by_what_is_compiled(name):
               "input_dropout": [0.0, 0.5], "by": ["item", "user"],
               "param_dtype": ["float32", "bfloat16"],
               "compute_dtype": ["float32", "bfloat16"],
-              "samples": [4, 8]}[setting]
+              "samples": [4, 8], "implicit": [False, True],
+              "side_prior": [False, True]}[setting]
     with pytest.raises(UserError, match=f"--{setting} does not apply"):
       sweep.grid(model=[name], **{setting: values})
   # With a family that reads it, the list is kept and this one collapses.
