@@ -85,15 +85,15 @@ def feature_pair(users: np.ndarray, items: np.ndarray, n_users: int,
   """The users' and the items' Features: implicit feedback from the
   training pairs (users [N], items [N]) when `implicit`, and the
   `side_columns` pair `side` (or None) beside it."""
-  parts = ([implicit_features(users, items, n_users, n_items)],
-           [implicit_features(items, users, n_items, n_users)])
-  if not implicit:
-    parts = ([], [])
-  elif n_users * n_items > MAX_CELLS:
-    raise UserError(
-        f"--implicit holds {n_users:,} users x {n_items:,} items as a dense "
-        f"matrix, over its limit of {MAX_CELLS:,} cells: drop --implicit "
-        "for data this large")
+  parts = ([], [])
+  if implicit:
+    if n_users * n_items > MAX_CELLS:
+      raise UserError(
+          f"--implicit holds {n_users:,} users x {n_items:,} items as a "
+          f"dense matrix, over its limit of {MAX_CELLS:,} cells: drop "
+          "--implicit for data this large")
+    parts[0].append(implicit_features(users, items, n_users, n_items))
+    parts[1].append(implicit_features(items, users, n_items, n_users))
   if side is not None:
     parts[0].append(side[0])
     parts[1].append(side[1])
