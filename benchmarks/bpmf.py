@@ -37,6 +37,8 @@ flags.DEFINE_list("growth", ["100000", "1000000", "10000000"],
                   "Synthetic ratings counts for the cost growth (sparse "
                   "layout, 10 factors, one chain).")
 flags.DEFINE_integer("growth_sweeps", 5, "Sweeps timed per growth cell.")
+flags.DEFINE_integer("goal_sweeps", 500, "Sweeps of the goal's timing (50 "
+                     "factors, one chain); 0 skips it.")
 flags.DEFINE_string("out", None, "Also write the markdown tables here.")
 flags.DEFINE_string("png", None, "Write the reliability plot here.")
 FLAGS = flags.FLAGS
@@ -152,6 +154,16 @@ def main(argv):
                                                          "dense")]
     lines.append(f"| {factors} | " + " | ".join(f"{c:.1f}" for c in cells)
                  + " |")
+    print(lines[-1], flush=True)
+  if FLAGS.goal_sweeps:
+    start = time.perf_counter()
+    outcome, _, _, compile_s = _run(_data("u1"), 50, 1, FLAGS.goal_sweeps,
+                                    FLAGS.goal_sweeps // 4)
+    lines += ["", f"{FLAGS.goal_sweeps} sweeps at 50 factors, one chain on "
+              f"u1.base (burn-in {FLAGS.goal_sweeps // 4}): "
+              f"{outcome.train_seconds:.1f} s of sweeps, "
+              f"{time.perf_counter() - start:.1f} s with compilation "
+              f"({compile_s:.1f} s) and evaluation"]
     print(lines[-1], flush=True)
   lines += ["", "Cost growth: synthetic ratings (rank 8 + noise), 10 factors, "
             f"one chain, {FLAGS.growth_sweeps} sweeps timed; users and items "

@@ -106,7 +106,7 @@ def _timed_epochs(run_epoch, samples_per_epoch: int) -> dict:
 def worker_jaxcf(kind: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxcf import data, optim, sweep, training  # pylint: disable=g-import-not-at-top
+  from jaxcf import data, minibatch, optim, sweep, training  # pylint: disable=g-import-not-at-top
   table, train, valid = _split_rows()
   d = data.prepare(table, train, valid, item_key="title")
   n, bs = d.train.size, FLAGS.bs
@@ -118,7 +118,7 @@ def worker_jaxcf(kind: str) -> dict:
   if kind == "lazy":
     tx = training.make_optimizer(model, training.TrainConfig(
         optimizer="lazy_adamw"), steps * 1000)
-  state = sweep.init_replicas(model, tx, replicas)
+  state = minibatch.init_replicas(model, tx, replicas)
   key = jax.random.key(0)
   counter = iter(range(10**9))
   if kind == "8x vmap":

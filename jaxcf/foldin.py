@@ -151,3 +151,19 @@ def _fit_rows(state, start, items, values, l2, n_steps):
   (rows, _), _ = jax.lax.scan(step, (start, tx.init(start)), None,
                               length=n_steps)
   return rows
+
+
+def checked_rating(value, item, y_range) -> float:
+  """A rating given to fold_in: a finite number within the model's range."""
+  try:
+    rating = float(value)
+  except (TypeError, ValueError):
+    raise UserError(f"the rating of {item!r} is {value!r}, not a number"
+                    ) from None
+  if not np.isfinite(rating):
+    raise UserError(f"the rating of {item!r} is {value!r}; give a finite "
+                    "number")
+  if y_range and not y_range[0] <= rating <= y_range[1]:
+    raise UserError(f"the rating of {item!r} is {rating:g}, outside the "
+                    f"model's range [{y_range[0]:g}, {y_range[1]:g}]")
+  return rating

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxcf import distributed
+from jaxcf import checkpoint, distributed
 from jaxcf.errors import UserError
 from jaxcf.loop import Context, Hook
 
@@ -131,6 +131,7 @@ class Checkpoints(Hook):
     self.last = time.monotonic()
     if ctx.step:  # resumed: the checkpoint it resumed from
       ctx.last_saved = _position(ctx)
+    checkpoint.import_in_background()  # the end's save needs it
 
   def _save(self, ctx: Context, always: bool) -> None:
     # Every process decides alike: a save is collective (orbax's barriers).

@@ -18,15 +18,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import (fullbatch, gibbs, hooks, loop, models, placement, sharding,
-                   steps, training)
+from jaxcf import (fullbatch, gibbs, hooks, loop, minibatch, models,
+                   placement, sharding, steps)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -144,99 +143,7 @@ def auto_chunk(model, data: CollabData, batch_size: int, n: int) -> int:
   return int(max(1, min(n, fit)))
 
 
-def init_replicas(model, tx, replicas: Sequence[Replica],
-                  constants: dict | None = None) -> steps.TrainState:
-  """Stacked train states: replica r initialised exactly as `fit` would.
-
-  constants: side-feature tables shared by every replica.
-  """
-  keys = jnp.stack([jax.random.split(jax.random.key(r.seed))[0]
-                    for r in replicas])
-  lrs = jnp.array([r.lr for r in replicas], jnp.float32)
-  wds = jnp.array([r.wd for r in replicas], jnp.float32)
-
-  def one(key, lr, wd):
-    state = steps.create_train_state(model, tx, key, constants)
-    return state.replace(opt_state=state.opt_state._replace(
-        peak_lr=lr, weight_decay=wd))
-
-  state = jax.vmap(one)(keys, lrs, wds)
-  if replicas[0].y_range is not None:
-    ranges = jnp.array([r.y_range for r in replicas], jnp.float32)
-    consts = {**state.model_state["constants"], "y_range": ranges}
-    state = state.replace(model_state={**state.model_state,
-                                       "constants": consts})
-  return state
-
-
-def _order_seeds(replicas: Sequence[Replica], epochs: int) -> dict:
-  """Each distinct seed's `steps.epoch_seeds` for its data order."""
-  return {r.seed: steps.epoch_seeds(
-      jax.random.split(jax.random.key(r.seed))[1], epochs) for r in replicas}
-
-
-def _epoch_batches(replicas, seeds, epoch, n, config) -> np.ndarray:
-  """[replicas, steps, batch] rows; replicas with one seed share an order."""
-  orders = {s: steps.epoch_order(seeds[s][epoch], n, config.batch_size,
-                                 config.sampling)
-            for s in {r.seed for r in replicas}}
-  return np.stack([orders[r.seed] for r in replicas])
-
-
-def train_group(replicas: Sequence[Replica], data: CollabData,
-                config: training.TrainConfig, run_hooks: Sequence[loop.Hook],
-                log: Callable[[str], None] | None):
-  """Trains minibatch replicas of one group together (vmapped scanned
-  epochs). Returns (loop outcome, validation predictions [R, n_valid],
-  variables shared by all replicas (none here), compile seconds)."""
-  if config.row_kernel != "xla":
-    raise UserError(f"--row_kernel={config.row_kernel} trains one model "
-                    "(the kernels do not vmap over replicas)")
-  model = replicas[0].create_model(data)
-  placement.check_memory(model, data, config.batch_size, len(replicas))
-  n = data.train.size
-  per_epoch = placement.steps_per_epoch(n, config.batch_size, None)
-  tx = training.make_optimizer(model, config, per_epoch * config.epochs)
-  state = init_replicas(model, tx, replicas,
-                        training.model_constants(model, data))
-  seeds = _order_seeds(replicas, config.epochs)
-  epoch_rows = {}
-
-  def inputs(step: int, count: int):
-    epoch, into_epoch = divmod(step, per_epoch)
-    if epoch not in epoch_rows:
-      epoch_rows.clear()
-      epoch_rows[epoch] = _epoch_batches(replicas, seeds, epoch, n, config)
-    return epoch_rows[epoch][:, into_epoch:into_epoch + count]
-
-  start = time.perf_counter()
-  run_epoch, run_eval = loop.compile_together(
-      jax.jit(jax.vmap(steps.train_epoch, in_axes=(0, None, 0)),
-              donate_argnums=0).lower(state, data.train,
-                                      inputs(0, per_epoch)),
-      jax.jit(jax.vmap(steps.evaluate, in_axes=(0, None, None)),
-              static_argnums=2).lower(state, data.valid,
-                                      config.eval_batch_size))
-  compile_seconds = time.perf_counter() - start
-  (log or (lambda _: None))(
-      f"compiled {len(replicas)} replicas of {type(model).__name__} in "
-      f"{compile_seconds:.2f}s")
-  program = loop.Program(
-      steps_per_epoch=per_epoch, epochs=config.epochs, chunk=per_epoch,
-      report_every=1, inputs=inputs,
-      train=lambda state, rows: run_epoch(state, data.train, rows),
-      evaluate=lambda state: run_eval(state, data.valid),
-      lr=lambda state: state.opt_state.lr, replicas=len(replicas))
-  outcome = loop.train_program(program, state, run_hooks,
-                               show_progress=log is not None)
-  predict = jax.jit(jax.vmap(steps.predict_all,
-                             in_axes=(0, None, None, None)), static_argnums=3)
-  preds = predict(outcome.state, data.valid.users, data.valid.items,
-                  config.eval_batch_size)
-  return outcome, preds, {}, compile_seconds
-
-
-TRAINERS = {"batches": train_group, "full_batch": fullbatch.train_group,
+TRAINERS = {"batches": minibatch.train_group, "full_batch": fullbatch.train_group,
             "gibbs": gibbs.train_group}
 
 

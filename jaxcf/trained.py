@@ -284,7 +284,7 @@ class TrainedModel(interpret.Interpretation):
     pairs = list(ratings.items()) if isinstance(ratings, Mapping) else list(
         ratings or [])
     items = np.array([self.item_index(i) for i, _ in pairs], np.int32)
-    values = np.array([_rating(r, i, self.specs[0].y_range)
+    values = np.array([foldin.checked_rating(r, i, self.specs[0].y_range)
                        for i, r in pairs], np.float64)
     constants = {}
     vocab = self.artifact.side_vocab or {}
@@ -311,22 +311,6 @@ def _one(ids) -> bool:
 
 def _listed(ids) -> list:
   return [ids] if _one(ids) else list(ids)
-
-
-def _rating(value, item, y_range) -> float:
-  """A rating given to fold_in: a finite number within the model's range."""
-  try:
-    rating = float(value)
-  except (TypeError, ValueError):
-    raise UserError(f"the rating of {item!r} is {value!r}, not a number"
-                    ) from None
-  if not np.isfinite(rating):
-    raise UserError(f"the rating of {item!r} is {value!r}; give a finite "
-                    "number")
-  if y_range and not y_range[0] <= rating <= y_range[1]:
-    raise UserError(f"the rating of {item!r} is {rating:g}, outside the "
-                    f"model's range [{y_range[0]:g}, {y_range[1]:g}]")
-  return rating
 
 
 def _coerce(value, classes: np.ndarray):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, optim, sweep, training
+from jaxcf import datasets, minibatch, optim, sweep, training
 from jaxcf.errors import UserError
 
 CONFIG = training.TrainConfig(epochs=3, batch_size=16)
@@ -118,7 +118,7 @@ def test_stacked_state_carries_per_replica_hyperparameters(tiny_data):
                     seed=[3])
   model = reps[0].create_model(tiny_data)
   tx = optim.one_cycle_adamw(1.0, 0.0, 10)
-  state = sweep.init_replicas(model, tx, reps)
+  state = minibatch.init_replicas(model, tx, reps)
   np.testing.assert_allclose(state.opt_state.peak_lr, [1e-3, 2e-3])
   np.testing.assert_allclose(state.opt_state.weight_decay, [0.5, 0.5])
   np.testing.assert_allclose(state.model_state["constants"]["y_range"],
