@@ -49,6 +49,7 @@ def import_in_background() -> None:
     threading.Thread(target=lambda: ocp.Checkpointer, daemon=True,
                      name="jaxcf-import-orbax").start()
 
+
 CHECKSUMS = "checksums"
 _META = "<meta>"  # the metadata's own entry among the checksums
 
