@@ -30,7 +30,8 @@ dot_bias (mean over 16 seeds, and seed 0 alone), the side_nn members, the
   python benchmarks/tune.py --data_dir=../shared/data --splits=u1 \
       --item_name=movie --autorec --out=benchmarks/results/tune_u1_autorec
   (add --inner_seed=1 for another inner carve-out; --bpmf adds Bayesian MF
-  chains, n_factors chosen on the inner split, as a family of the mix)
+  chains, n_factors chosen on the inner split, as a family of the mix;
+  --merge=A.json,B.json joins runs of different splits into one table)
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import sys
 import time
 
 from absl import app, flags
 import numpy as np
 
 from jaxcf import data, datasets, features, movielens, sweep, training
+import tune_report  # beside this script (run as one)
 
 flags.DEFINE_string("data_dir", None, "Folder that is or holds ml-100k/.")
 flags.DEFINE_list("splits", ["fastai"],
@@ -61,6 +64,10 @@ flags.DEFINE_bool("bpmf_side", False, "With --bpmf, also try BPMF's "
                   "prior regressed on implicit feedback and side features.")
 flags.DEFINE_integer("inner_seed", 0, "Seed of the inner validation carve-out.")
 flags.DEFINE_string("out", None, "Write OUT.json and OUT.md.")
+flags.DEFINE_list("merge", None, "Instead of tuning, join the splits of "
+                  "earlier runs' OUT.json files into one table (each split "
+                  "is tuned on its own, so runs of u1 and of u2..u5 join "
+                  "into the five-fold table).")
 FLAGS = flags.FLAGS
 
 BOOK = sweep.Replica(model="dot_bias", n_factors=50, lr=5e-3, wd=0.1)
@@ -265,50 +272,25 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
   return out
 
 
-COLUMNS = [("book_single", "book recipe (mean of 8 seeds)"),
-           ("tuned_single", "tuned dot_bias (mean of 16 seeds)"),
-           ("tuned_single_seed0", "tuned dot_bias, seed 0"),
-           ("nn_single", "tuned side_nn (mean of 4 seeds)"),
-           ("autorec_ensemble", "AutoRec, 1 layer, 30% input dropout x 4 seeds"),
-           ("autorec_deep_ensemble", "AutoRec, 2 layers x 4 seeds"),
-           ("bpmf_ensemble", "BPMF x 4 chains"),
-           ("dot_ensemble", "ensemble: tuned dot_bias x 16 seeds"),
-           ("ensemble", "ensemble: + 16 bagged dot_bias + 4 side_nn")]
-
-
-def markdown(results: dict[str, dict], rmse: bool) -> str:
-  unit = "RMSE" if rmse else "MSE"
-  f = np.sqrt if rmse else (lambda v: v)
-  names = list(results)
-  lines = [f"| test {unit} | " + " | ".join(names) + " | mean |",
-           "|---|" + "---|" * (len(names) + 1)]
-  for key, label in COLUMNS:
-    if any(key not in results[n] for n in names):
-      continue
-    if key == "ensemble" and "autorec_ensemble" in results[names[0]]:
-      label += " + both AutoRec families"
-    if key == "ensemble" and "bpmf_ensemble" in results[names[0]]:
-      label += " + BPMF"
-    values = [f(results[n][key]) for n in names]
-    lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) +
-                 f" | **{np.mean(values):.4f}** |")
-  return "\n".join(lines)
-
-
 def main(argv):
   del argv
   start = time.perf_counter()
-  table, _, folder = datasets.read_table(datasets.Source(
-      data_dir=FLAGS.data_dir))
-  item_key = "title" if FLAGS.item_name == "title" else "item"
-  results = {}
-  for name, train_rows, test_rows in splits(table, folder):
-    print(f"{name}: {len(train_rows):,} train / {len(test_rows):,} test rows",
-          flush=True)
-    results[name] = evaluate(table, folder, train_rows, test_rows, item_key,
-                             lambda s: print(s, flush=True))
-  text = "\n\n".join([markdown(results, rmse=False),
-                      markdown(results, rmse=True)])
+  try:
+    results = tune_report.merged(FLAGS.merge) if FLAGS.merge else {}
+  except ValueError as e:
+    print(e, file=sys.stderr)
+    raise SystemExit(2) from None
+  if not FLAGS.merge:
+    table, _, folder = datasets.read_table(datasets.Source(
+        data_dir=FLAGS.data_dir))
+    item_key = "title" if FLAGS.item_name == "title" else "item"
+    for name, train_rows, test_rows in splits(table, folder):
+      print(f"{name}: {len(train_rows):,} train / {len(test_rows):,} test "
+            "rows", flush=True)
+      results[name] = evaluate(table, folder, train_rows, test_rows,
+                               item_key, lambda s: print(s, flush=True))
+  text = "\n\n".join([tune_report.markdown(results, rmse=False),
+                      tune_report.markdown(results, rmse=True)])
   chosen = {n: r["chosen"]["bpmf"] for n, r in results.items()
             if "bpmf" in r["chosen"]}
   if chosen:

@@ -228,7 +228,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   # op is much slower cold), compiling on a thread while the checkpoints
   # are read and the epoch is lowered from the state's shapes.
   init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
-                        .lower(model, tx, init_key, constants))
+                        .lower(model, tx, init_key, constants),
+                        loop.RUN_ONCE)
   state, progress = None, None
   restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:

@@ -7,12 +7,14 @@ A new family in jaxcf/models/ is in this table the moment it registers.
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, features, models, sweep, trained, training
+from jaxcf import (datasets, features, loop, models, sweep, trained,
+                   training)
 from jaxcf.errors import UserError
 from tests.conftest import write_movielens
 
@@ -155,6 +157,23 @@ def test_row_wise_optimizers_as_declared(name, tiny):
     rest = np.setdiff1d(np.arange(len(old)), touched[side])
     np.testing.assert_array_equal(got[rest], old[rest])
     assert not np.allclose(got[touched[side]], old[touched[side]])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_initialisation_compiled_for_one_run_is_bit_exact(name, tiny):
+  """fit compiles its initialisation with loop.RUN_ONCE (no LLVM
+  optimisation): the state must equal the fully optimised program's."""
+  rep = replica(name)
+  if rep.family.trainer != "batches":
+    return  # full-batch families initialise in their own trainers
+  model = rep.create_model(tiny)
+  tx = training.make_optimizer(model, training.TrainConfig(), 10)
+  key, constants = jax.random.key(3), training.model_constants(model, tiny)
+  program = jax.jit(training.create_train_state, static_argnums=(0, 1))
+  want = program(model, tx, key, constants)
+  got = loop.Compiling(program.lower(model, tx, key, constants),
+                       loop.RUN_ONCE).result()(key, constants)
+  chex.assert_trees_all_equal(jax.tree.leaves(got), jax.tree.leaves(want))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
