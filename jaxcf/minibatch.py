@@ -30,8 +30,7 @@ def init_replicas(model, tx, replicas: Sequence,
 
   constants: side-feature tables shared by every replica.
   """
-  keys = jnp.stack([jax.random.split(jax.random.key(r.seed))[0]
-                    for r in replicas])
+  keys = jnp.stack([steps.run_keys(r.seed)[0] for r in replicas])
   lrs = jnp.array([r.lr for r in replicas], jnp.float32)
   wds = jnp.array([r.wd for r in replicas], jnp.float32)
 
@@ -51,8 +50,8 @@ def init_replicas(model, tx, replicas: Sequence,
 
 def _order_seeds(replicas: Sequence, epochs: int) -> dict:
   """Each distinct seed's `steps.epoch_seeds` for its data order."""
-  return {r.seed: steps.epoch_seeds(
-      jax.random.split(jax.random.key(r.seed))[1], epochs) for r in replicas}
+  return {r.seed: steps.epoch_seeds(steps.run_keys(r.seed)[1], epochs)
+          for r in replicas}
 
 
 def _epoch_batches(replicas, seeds, epoch, n, config) -> np.ndarray:

@@ -27,8 +27,8 @@ from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 # The functional core, re-exported: most callers want it with `fit`.
 from jaxcf.steps import (TrainState, create_train_state, epoch_batches,  # pylint: disable=unused-import
-                         evaluate, predict, predict_all, train_epoch,
-                         train_step)
+                         evaluate, predict, predict_all, run_keys,
+                         train_epoch, train_step)
 from jaxcf.loop import smooth_losses  # pylint: disable=unused-import
 from jaxcf.placement import train_bytes  # pylint: disable=unused-import
 
@@ -186,6 +186,7 @@ def batch_program(placed: placement.Placed, config: TrainConfig,
 def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         on_losses: Callable[[np.ndarray], None] | None = None,
+        on_begin: Callable[[TrainState], None] | None = None,
         log: Callable[[str], None] | None = print,
         checkpoints=None, checkpoint_every: int = 1,
         checkpoint_seconds: float = 0.0,
@@ -201,6 +202,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     on_epoch: called with each epoch's row (after a resume, first with the
       restored epochs' ones).
     on_losses: called with each epoch's per-step training losses [steps].
+    on_begin: called with the state as training begins (shapes only: the
+      state's buffers are then donated).
     log: where progress lines go (None: silent).
     checkpoints: a `resume.RunCheckpoints`: the run continues from its
       latest checkpoint, and saves one every `checkpoint_every` epochs
@@ -222,14 +225,15 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   say = log or (lambda _: None)
   started = time.perf_counter()
   per_epoch, tx = plan(model, data, config, mesh, shard_data)
-  init_key, order_key = jax.random.split(jax.random.key(config.seed))
   constants = model_constants(model, data)
   # The initialisation is one compiled program (cached across runs; op by
-  # op is much slower cold), compiling on a thread while the checkpoints
-  # are read and the epoch is lowered from the state's shapes.
+  # op is much slower cold), compiling on a thread, from the key's type
+  # alone, while the keys are drawn, the checkpoints read and the epoch
+  # lowered from the state's shapes.
   init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
-                        .lower(model, tx, init_key, constants),
-                        loop.RUN_ONCE)
+                        .lower(model, tx, jax.eval_shape(jax.random.key, 0),
+                               constants), loop.RUN_ONCE)
+  init_key, order_key = run_keys(config.seed)
   state, progress = None, None
   restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:
@@ -265,6 +269,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     run_hooks.append(hooks.OnRow(lambda _, row: on_epoch(row)))
   if on_losses:
     run_hooks.append(hooks.OnLosses(on_losses))
+  if on_begin:
+    run_hooks.append(hooks.OnBegin(on_begin))
   if checkpoints:
     run_hooks.append(hooks.Checkpoints(checkpoints, checkpoint_every,
                                        checkpoint_seconds))
