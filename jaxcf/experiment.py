@@ -186,13 +186,9 @@ def run_single(config: config_lib.RunConfig, replica, data,
           keep=o.keep_checkpoints, log=log if workdir else None)
     if checkpoints:
       closing.callback(checkpoints.close)
-    ahead = []  # the ranking program, compiling while the model trains
-    begin = None if mesh is not None or jax.process_count() > 1 else (
-        lambda s: ahead.append(ranking.Ahead(s, data.train, data.valid,
-                                             data.n_items)))
     with outputs.StopOnSignal() as stop:
       result = training.fit(
-          model, data, train_config, on_epoch=on_epoch, on_begin=begin,
+          model, data, train_config, on_epoch=on_epoch,
           on_losses=board.losses if board else None, checkpoints=checkpoints,
           checkpoint_every=o.checkpoint_every,
           checkpoint_seconds=o.checkpoint_seconds,
@@ -226,8 +222,7 @@ def run_single(config: config_lib.RunConfig, replica, data,
       phases.add(name, seconds)
     with phases.timed("ranking"):
       top = ranking.evaluate_ranking(state, data.train, data.valid,
-                                     data.n_items, log=log,
-                                     ahead=ahead[0] if ahead else None)
+                                     data.n_items, log=log)
     log(outputs.ranking_line(top))
     summary = {
         "final": final, "ranking": top,

@@ -2,8 +2,7 @@
 
 * `EpochTable`: fastai's epoch table for one model; `SweepTable`: best,
   median and worst validation loss over replicas;
-* `OnRow`, `OnLosses`, `OnBegin`: call back with each row, each period's
-  losses, or the state as training begins;
+* `OnRow`, `OnLosses`: call back with each row, or each period's losses;
 * `DivergenceGuard`: stops the run when a loss is NaN or infinite;
 * `Checkpoints`: saves the run (state and `loop.Progress`) for resuming.
 """
@@ -74,17 +73,6 @@ class OnRow(Hook):
   def after_report(self, ctx, rows, losses) -> None:
     for r, row in enumerate(rows):
       self.fn(r, row)
-
-
-class OnBegin(Hook):
-  """Calls `fn(state)` when training begins (the state is then donated to
-  the first call: take shapes, not buffers)."""
-
-  def __init__(self, fn: Callable):
-    self.fn = fn
-
-  def begin(self, ctx: Context) -> None:
-    self.fn(ctx.state)
 
 
 class OnLosses(Hook):

@@ -15,7 +15,6 @@ block's seen and relevant pairs cross from the host.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -170,88 +169,11 @@ def block_size(n_items: int, budget_bytes: int = 256 << 20) -> int:
   return int(np.clip(budget_bytes // (12 * max(n_items, 1)), 16, 4096))
 
 
-class Plan:
-  """Which users are ranked and their blocks: the host side of
-  `evaluate_ranking` (numpy; the same for every model of the data)."""
-
-  def __init__(self, train: Ratings, valid: Ratings, k: int,
-               threshold: float, max_users: int, seed: int,
-               block: int | None, n_items: int):
-    train = [np.asarray(x) for x in train[:3]]
-    valid = [np.asarray(x) for x in valid[:3]]
-    users = np.unique(valid[0][valid[2] >= threshold])
-    if len(users) > max_users:
-      users = np.sort(np.random.default_rng(seed).choice(users, max_users,
-                                                         replace=False))
-    n_users = int(max(train[0].max(initial=0), valid[0].max(initial=0))) + 1
-    row = np.full(n_users, -1)
-    row[users] = np.arange(len(users))
-    self.seen = _pairs_by_user(train[0], train[1], row, len(users))
-    good = valid[2] >= threshold
-    self.relevant = _pairs_by_user(valid[0][good], valid[1][good], row,
-                                   len(users))
-    self.users, self.k = users, k
-    self.block = min(block or block_size(n_items), max(len(users), 1))
-
-  def blocks(self):
-    """(hi, args): each block's end and its `_block_sums` arguments after
-    the scores: users [block] (a padded last block: one compilation),
-    seen pairs, relevant lists."""
-    for lo in range(0, len(self.users), self.block):
-      hi = min(lo + self.block, len(self.users))
-      rows = np.zeros(self.block, np.int32)
-      rows[:hi - lo] = self.users[lo:hi]
-      yield hi, (rows, *_block_pairs(*self.seen, lo, hi, self.block),
-                 _block_lists(*self.relevant, lo, hi, self.block))
-
-
-class Ahead:
-  """The first block's ranking program, compiled on a thread while the
-  model trains (a cold run's ranking is mostly this compilation). Made
-  from the state's shapes when training begins; `evaluate_ranking(...,
-  ahead=)` uses it for blocks of the same shapes."""
-
-  def __init__(self, state: steps.TrainState, train: Ratings,
-               valid: Ratings, n_items: int, k: int = 10,
-               threshold: float = 4.0, max_users: int = 20_000,
-               seed: int = 0, block: int | None = None):
-    shapes = jax.eval_shape(lambda s: (s.params, s.model_state), state)
-    shaped = state.replace(params=shapes[0], model_state=shapes[1],
-                           opt_state=None, rng=None)
-
-    def compile_first():
-      plan = Plan(train, valid, k, threshold, max_users, seed, block,
-                  n_items)
-      scores = scorer(shaped, n_items)
-      _, args = next(plan.blocks())
-      args = (scores.variables, *args)
-      program = _block_sums.lower(scores.fn, *args, k).compile()
-      return scores.fn, k, _shapes(args), program
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    self._future = pool.submit(compile_first)
-    pool.shutdown(wait=False)
-
-  def program(self, fn, args: tuple, k: int):
-    """The compiled program if it fits (fn, args, k), else None."""
-    try:
-      want_fn, want_k, shapes, program = self._future.result()
-    except Exception:  # pylint: disable=broad-except
-      return None  # the call compiles it as usual (and reports any error)
-    fits = want_fn == fn and want_k == k and shapes == _shapes(args)
-    return program if fits else None
-
-
-def _shapes(tree):
-  return jax.tree.structure(tree), [
-      (tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(tree)]
-
-
 def evaluate_ranking(scores, train: Ratings, valid: Ratings, n_items: int,
                      k: int = 10, threshold: float = 4.0,
                      max_users: int = 20_000, seed: int = 0,
-                     block: int | None = None, log: Callable | None = None,
-                     ahead: Ahead | None = None) -> dict[str, float]:
+                     block: int | None = None, log: Callable | None = None
+                     ) -> dict[str, float]:
   """precision@k, recall@k and NDCG@k of a trained model on `valid`.
 
   scores: a `Scorer` (one compiled program per block: scores, masking,
@@ -259,27 +181,42 @@ def evaluate_ranking(scores, train: Ratings, valid: Ratings, n_items: int,
   users int32 [U] -> [U, n_items]. Ranks every item for up to `max_users`
   validation users with a relevant item (a seeded sample when there are
   more), `block` users at a time (default: `block_size`); `log`, when
-  given, gets a progress bar if that takes more than a couple of seconds;
-  `ahead`: the program compiled while training (`Ahead`).
+  given, gets a progress bar if that takes more than a couple of seconds.
   """
   if isinstance(scores, steps.TrainState):
     scores = scorer(scores, n_items)
-  plan = Plan(train, valid, k, threshold, max_users, seed, block, n_items)
+  train = [np.asarray(x) for x in train[:3]]
+  valid = [np.asarray(x) for x in valid[:3]]
+  users = np.unique(valid[0][valid[2] >= threshold])
+  if len(users) > max_users:
+    users = np.sort(np.random.default_rng(seed).choice(users, max_users,
+                                                       replace=False))
+  n_users = int(max(train[0].max(initial=0), valid[0].max(initial=0))) + 1
+  row = np.full(n_users, -1)
+  row[users] = np.arange(len(users))
+  seen = _pairs_by_user(train[0], train[1], row, len(users))
+  good = valid[2] >= threshold
+  relevant = _pairs_by_user(valid[0][good], valid[1][good], row, len(users))
+  block = min(block or block_size(n_items), max(len(users), 1))
   totals = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "users": 0}
   start, bar = time.perf_counter(), None
-  for hi, args in plan.blocks():
+  for lo in range(0, len(users), block):
+    hi = min(lo + block, len(users))
+    rows = np.zeros(block, np.int32)
+    rows[:hi - lo] = users[lo:hi]  # a padded last block: one compilation
+    pairs = _block_pairs(*seen, lo, hi, block)
+    lists = _block_lists(*relevant, lo, hi, block)
     if isinstance(scores, Scorer):
-      args = (scores.variables, *args)
-      program = ahead and ahead.program(scores.fn, args, k)
-      sums = program(*args) if program else _block_sums(scores.fn, *args, k)
+      sums = _block_sums(scores.fn, scores.variables, rows, *pairs, lists,
+                         k)
     else:
-      sums = _block_sums(None, scores(args[0]), *args, k)
+      sums = _block_sums(None, scores(rows), rows, *pairs, lists, k)
     for name, value in jax.device_get(sums).items():
       totals[name] += value
     if log and bar is None and time.perf_counter() - start > 2.0:
-      bar = Bar("ranking", len(plan.users))
+      bar = Bar("ranking", len(users))
     if bar:
-      bar.update(hi, f"{hi:,} of {len(plan.users):,} users")
+      bar.update(hi, f"{hi:,} of {len(users):,} users")
   if bar:
     bar.close(f"{time.perf_counter() - start:.1f}s")
   count = max(int(totals["users"]), 1)

@@ -186,7 +186,6 @@ def batch_program(placed: placement.Placed, config: TrainConfig,
 def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         on_losses: Callable[[np.ndarray], None] | None = None,
-        on_begin: Callable[[TrainState], None] | None = None,
         log: Callable[[str], None] | None = print,
         checkpoints=None, checkpoint_every: int = 1,
         checkpoint_seconds: float = 0.0,
@@ -202,8 +201,6 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     on_epoch: called with each epoch's row (after a resume, first with the
       restored epochs' ones).
     on_losses: called with each epoch's per-step training losses [steps].
-    on_begin: called with the state as training begins (shapes only: the
-      state's buffers are then donated).
     log: where progress lines go (None: silent).
     checkpoints: a `resume.RunCheckpoints`: the run continues from its
       latest checkpoint, and saves one every `checkpoint_every` epochs
@@ -269,8 +266,6 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     run_hooks.append(hooks.OnRow(lambda _, row: on_epoch(row)))
   if on_losses:
     run_hooks.append(hooks.OnLosses(on_losses))
-  if on_begin:
-    run_hooks.append(hooks.OnBegin(on_begin))
   if checkpoints:
     run_hooks.append(hooks.Checkpoints(checkpoints, checkpoint_every,
                                        checkpoint_seconds))

@@ -3,7 +3,6 @@ neighbours, biases, PCA, folding in new users, ranking metrics, inspect."""
 
 import json
 import re
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -419,35 +418,6 @@ def test_blocked_ranking_equals_the_dense_one(block):
   assert got["ranked_users"] == want["ranked_users"] > 0
   for name in ("precision@5", "recall@5", "ndcg@5"):
     assert got[name] == pytest.approx(want[name], rel=1e-6)
-
-
-def test_ranking_compiled_ahead_gives_the_same_metrics():
-  """train.py compiles the first block's ranking program from the state's
-  shapes while training (ranking.Ahead): it must be the program used for
-  blocks of its shapes, with the metrics of the usual path."""
-  from jaxcf import models, steps  # pylint: disable=g-import-not-at-top
-  from jaxcf.data import Ratings  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(5)
-  def pairs(n):
-    return Ratings(jnp.asarray(rng.integers(1, 60, n), jnp.int32),
-                   jnp.asarray(rng.integers(1, 40, n), jnp.int32),
-                   jnp.asarray(rng.integers(1, 6, n), jnp.float32))
-  train, valid = pairs(900), pairs(400)
-  state = steps.create_train_state(models.create("dot_bias", 60, 40), None,
-                                   jax.random.key(0))
-  ahead = ranking.Ahead(state, train, valid, 40, k=5, block=7)
-  got = ranking.evaluate_ranking(state, train, valid, 40, k=5, block=7,
-                                 ahead=ahead)
-  assert got == ranking.evaluate_ranking(state, train, valid, 40, k=5,
-                                         block=7)
-  scores = ranking.scorer(state, 40)
-  plan = ranking.Plan(train, valid, 5, 4.0, 20_000, 0, 7, 40)
-  _, first = next(plan.blocks())
-  args = (scores.variables, *first)
-  assert ahead.program(scores.fn, args, 5) is not None
-  assert ahead.program(scores.fn, args, 4) is None  # another k
-  assert ahead.program(scores.fn, (scores.variables, first[0][:3],
-                                   *first[1:]), 5) is None  # other shapes
 
 
 def test_the_api_checks_what_it_is_given(tiny):
