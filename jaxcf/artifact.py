@@ -140,9 +140,10 @@ class Artifact:
                 _side(meta.get("side")), meta.get("side_vocab"))
     like_members = []
     for member in shell.members:
-      dummy = jnp.zeros((1,), jnp.int32)
-      shapes = dict(jax.eval_shape(shell.module(member).init,
-                                   jax.random.key(0), dummy, dummy))
+      init = shell.module(member).init
+      shapes = dict(jax.eval_shape(  # traced: nothing compiled
+          lambda ids, init=init: init(jax.random.key(0), ids, ids),
+          jax.ShapeDtypeStruct((1,), jnp.int32)))
       like_members.append({"params": shapes.pop("params"),
                            "model_state": shapes})
     n_train, n_valid = meta.get("pairs") or _pair_counts(path)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from jaxcf import hugepages, models, sharding, steps
+from jaxcf import hugepages, keys, models, sharding, steps
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -131,7 +131,7 @@ def place(state, data: CollabData, *, batch_size: int, sampling: str,
   shards = data_shards(mesh, shard_data)
   if shards:
     placed.train = sharding.shard_rows(data.train, mesh)
-    shard_seeds = [steps.epoch_seeds(jax.random.fold_in(order_key, d), epochs)
+    shard_seeds = [steps.epoch_seeds(keys.fold_key(order_key, d), epochs)
                    for d in range(shards)]
     placed.order = lambda epoch: sharding.shard_batches(
         epoch, n // shards, mesh, batch_size,

@@ -11,7 +11,6 @@ step i's dropout key fold_in(rng, i).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcf import sparse
+from jaxcf import keys, sparse
 from jaxcf.data import Ratings
 
 
@@ -192,33 +191,17 @@ def epoch_batches(key: jax.Array, epoch: int, n: int, batch_size: int,
 
 def epoch_seeds(key: jax.Array, epochs: int) -> np.ndarray:
   """uint32 [epochs, 2]: every epoch's seed for `epoch_order`, the key
-  data of fold_in(key, epoch), in one device call. Taken before training
-  starts: a device call made while an epoch runs waits for it, so drawing
-  the next epoch's seed then would keep the host from shuffling while the
-  device trains."""
-  return np.asarray(_fold_epochs(key, max(epochs, 1)))
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _fold_epochs(key, epochs: int):
-  # One compiled program: op by op, a cold run compiles three.
-  fold = lambda e: jax.random.key_data(jax.random.fold_in(key, e))
-  return jax.vmap(fold)(jnp.arange(epochs))
+  data of fold_in(key, epoch), drawn on the host (`jaxcf.keys`). Taken
+  before training starts: a device call made while an epoch runs waits for
+  it, so drawing the next epoch's seed then would keep the host from
+  shuffling while the device trains."""
+  return keys.fold_seeds(key, max(epochs, 1))
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """(initialisation key, data-order key) of a run's seed: the halves of
-  split(key(seed)), in one compiled call (op by op, a cold run compiles
-  six small programs before it can start)."""
-  if not -2**31 <= seed < 2**31:  # jit takes int32; key() takes wider ints
-    return tuple(jax.random.split(jax.random.key(seed)))
-  return _run_keys(np.int32(seed))
-
-
-@jax.jit
-def _run_keys(seed):
-  keys = jax.random.split(jax.random.key(seed))
-  return keys[0], keys[1]
+  split(key(seed)), drawn on the host (`jaxcf.keys`)."""
+  return keys.run_keys(seed)
 
 
 def epoch_order(seed: np.ndarray, n: int, batch_size: int,

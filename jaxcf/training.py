@@ -225,8 +225,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   constants = model_constants(model, data)
   # The initialisation is one compiled program (cached across runs; op by
   # op is much slower cold), compiling on a thread, from the key's type
-  # alone, while the keys are drawn, the checkpoints read and the epoch
-  # lowered from the state's shapes.
+  # alone, while the keys are drawn (on the host: `jaxcf.keys`), the
+  # checkpoints read and the epoch lowered from the state's shapes.
   init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
                         .lower(model, tx, jax.eval_shape(jax.random.key, 0),
                                constants), loop.RUN_ONCE)

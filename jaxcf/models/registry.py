@@ -287,8 +287,11 @@ def dtypes(spec: Spec) -> dict:
 
 
 def _param_shapes(model: nn.Module) -> list[jax.ShapeDtypeStruct]:
-  dummy = jnp.zeros((1,), jnp.int32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)
+  # The key and ids made inside eval_shape: traced, nothing compiled (made
+  # outside, a cold process would compile four small programs for them).
+  dummy = jax.ShapeDtypeStruct((1,), jnp.int32)
+  shapes = jax.eval_shape(lambda ids: model.init(jax.random.key(0), ids,
+                                                 ids), dummy)
   return jax.tree.leaves(shapes["params"])
 
 

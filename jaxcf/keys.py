@@ -1,0 +1,93 @@
+"""A run's PRNG keys drawn on the host: `jax.random`'s own values, no program.
+
+A training run derives two keys from its integer seed,
+`split(key(seed))`, and one data-order seed per epoch,
+`key_data(fold_in(order_key, epoch))`. In JAX each of these is a small
+compiled program; a cold process compiles them one after another before
+the first epoch can start (~0.3 s of a 3 s run on 2 cores). They are a few
+dozen rounds of the Threefry-2x32 hash (Salmon et al. 2011, "Parallel
+random numbers: as easy as 1, 2, 3"), so numpy computes them here, bit for
+bit what `jax.random` gives with its default implementation
+(threefry2x32, `jax_threefry_partitionable`; tests/test_keys.py checks
+against JAX). Under any other PRNG configuration, or for a seed outside
+int32, the functions call `jax.random` instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _numpy_ok() -> bool:
+  return (jax.config.jax_default_prng_impl == "threefry2x32"
+          and jax.config.jax_threefry_partitionable)
+
+
+def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The Threefry-2x32 hash (20 rounds) of counter pairs (x1, x2), uint32
+  arrays of one shape, under key uint32 [2]; uint32 arithmetic wraps."""
+  k = [np.uint32(key[0]), np.uint32(key[1])]
+  ks = (k[0], k[1], k[0] ^ k[1] ^ _PARITY)
+  x = [np.asarray(x1, np.uint32) + ks[0], np.asarray(x2, np.uint32) + ks[1]]
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x[0] = x[0] + x[1]
+      x[1] = ((x[1] << np.uint32(r)) | (x[1] >> np.uint32(32 - r))) ^ x[0]
+    x[0] = x[0] + ks[(i + 1) % 3]
+    x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x[0], x[1]
+
+
+def seed_key_data(seed: int) -> np.ndarray:
+  """uint32 [2]: key_data(jax.random.key(seed)) of an int32 seed."""
+  return np.array([0, seed & 0xFFFFFFFF], np.uint32)
+
+
+def split(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The key data of jax.random.split(key) (two keys)."""
+  hi, lo = threefry2x32(key, np.zeros(2, np.uint32), np.arange(2,
+                                                               dtype=np.uint32))
+  return np.array([hi[0], lo[0]]), np.array([hi[1], lo[1]])
+
+
+def fold_in(key: np.ndarray, data) -> np.ndarray:
+  """uint32 [n, 2]: the key data of fold_in(key, d) for each d of `data`
+  (non-negative ints below 2**32)."""
+  d = np.asarray(data, np.uint32).reshape(-1)
+  # fold_in hashes the counter pair key(d) = (0, d); the hash is elementwise,
+  # so one call hashes every d.
+  hi, lo = threefry2x32(key, np.zeros_like(d), d)
+  return np.stack([hi, lo], axis=1)
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(initialisation key, data-order key): split(key(seed))."""
+  if _numpy_ok() and -2**31 <= seed < 2**31:
+    return tuple(jax.random.wrap_key_data(k) for k in split(
+        seed_key_data(seed)))
+  return tuple(jax.random.split(jax.random.key(seed)))
+
+
+def _threefry(key: jax.Array) -> bool:
+  return _numpy_ok() and str(jax.random.key_impl(key)) == "threefry2x32"
+
+
+def fold_seeds(key: jax.Array, count: int) -> np.ndarray:
+  """uint32 [count, 2]: key_data(fold_in(key, i)) for i < count."""
+  if _threefry(key):
+    return fold_in(np.asarray(jax.random.key_data(key)), np.arange(count))
+  fold = lambda e: jax.random.key_data(jax.random.fold_in(key, e))
+  return np.asarray(jax.vmap(fold)(np.arange(count)))
+
+
+def fold_key(key: jax.Array, n: int) -> jax.Array:
+  """fold_in(key, n)."""
+  if _threefry(key):
+    return jax.random.wrap_key_data(
+        fold_in(np.asarray(jax.random.key_data(key)), [n])[0])
+  return jax.random.fold_in(key, n)
