@@ -37,9 +37,17 @@ def markdown(results: dict[str, dict], rmse: bool) -> str:
   return "\n".join(lines)
 
 
+def _families(result: dict) -> set[str]:
+  return {key for key, _ in COLUMNS if key in result}
+
+
 def merged(paths: list[str]) -> dict[str, dict]:
   """The splits of several OUT.json files, in order. Raises ValueError
-  (one line) for a file that cannot be read or a split in two files."""
+  (one line) for a file that cannot be read or is not a tune.py result, a
+  split in two files, or splits whose runs mixed other families (made
+  with other flags: --autorec, --bpmf). Runs with another --inner_seed
+  cannot be told apart: merge only runs of one command line but --splits
+  and --out."""
   results = {}
   for path in paths:
     try:
@@ -48,9 +56,20 @@ def merged(paths: list[str]) -> dict[str, dict]:
     except (OSError, ValueError) as e:
       raise ValueError(f"--merge: cannot read {path} ({e}); pass the .json "
                        "a tune.py --out run wrote") from None
+    if not runs or not isinstance(runs, dict) or not all(
+        isinstance(r, dict) and isinstance(r.get("chosen"), dict)
+        and "ensemble" in r for r in runs.values()):
+      raise ValueError(f"--merge: {path} holds no tune.py results (a dict "
+                       "of splits, each with 'chosen' and 'ensemble')")
     for name, result in runs.items():
       if name in results:
         raise ValueError(f"--merge: split {name} is in two files (again in "
                          f"{path}); pass each split once")
+      first = next(iter(results.items()), None)
+      if first and _families(result) != _families(first[1]):
+        raise ValueError(
+            f"--merge: split {name} ({path}) mixes other families than "
+            f"{first[0]} ({', '.join(sorted(_families(result) ^ _families(first[1])))}"
+            " in one only); merge runs made with the same flags")
       results[name] = result
   return results

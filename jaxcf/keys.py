@@ -43,9 +43,17 @@ def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray
   return x[0], x[1]
 
 
+def _x64() -> bool:
+  return jax.dtypes.canonicalize_dtype(np.int64) == np.int64
+
+
 def seed_key_data(seed: int) -> np.ndarray:
-  """uint32 [2]: key_data(jax.random.key(seed)) of an int32 seed."""
-  return np.array([0, seed & 0xFFFFFFFF], np.uint32)
+  """uint32 [2]: key_data(jax.random.key(seed)), the seed's two 32-bit
+  words: with 64-bit types on, of the seed as an int64; else, of it as an
+  int32 (the high word 0)."""
+  seed = int(seed)
+  return np.array([(seed >> 32) & 0xFFFFFFFF if _x64() else 0,
+                   seed & 0xFFFFFFFF], np.uint32)
 
 
 def split(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +75,16 @@ def fold_in(key: np.ndarray, data) -> np.ndarray:
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """(initialisation key, data-order key): split(key(seed))."""
-  if _numpy_ok() and -2**31 <= seed < 2**31:
+  bits = 63 if _x64() else 31
+  if _numpy_ok() and -2**bits <= int(seed) < 2**bits:
     return tuple(jax.random.wrap_key_data(k) for k in split(
         seed_key_data(seed)))
   return tuple(jax.random.split(jax.random.key(seed)))
 
 
 def _threefry(key: jax.Array) -> bool:
+  if key.shape:
+    raise ValueError(f"one key expected, not an array of shape {key.shape}")
   return _numpy_ok() and str(jax.random.key_impl(key)) == "threefry2x32"
 
 

@@ -27,8 +27,17 @@ def test_epoch_seeds_are_jax_folds():
   np.testing.assert_array_equal(keys.fold_seeds(key, 12), want)
 
 
-@pytest.mark.parametrize("seed", [2**31, -2**31 - 1, 2**40])
-def test_wide_seeds_go_through_jax(seed):
+@pytest.mark.parametrize("seed", [0, 5, -1, -2**31, 2**40 + 5, -2**40,
+                                  np.int32(7), np.int64(-5)])
+def test_x64_seeds_are_their_int64_words(seed):
+  with jax.enable_x64(True):
+    for g, w in zip(keys.run_keys(seed),
+                    jax.random.split(jax.random.key(seed))):
+      np.testing.assert_array_equal(data(g), data(w))
+
+
+@pytest.mark.parametrize("seed", [2**31, -2**31 - 1, 2**40, np.int32(7)])
+def test_numpy_and_wide_seeds(seed):
   for g, w in zip(keys.run_keys(seed),
                   jax.random.split(jax.random.key(seed))):
     np.testing.assert_array_equal(data(g), data(w))
@@ -49,3 +58,8 @@ def test_other_prng_configurations_go_through_jax():
       np.stack([data(jax.random.fold_in(rbg, e)) for e in range(2)]))
   np.testing.assert_array_equal(data(keys.fold_key(rbg, 1)),
                                 data(jax.random.fold_in(rbg, 1)))
+
+
+def test_a_batch_of_keys_is_refused():
+  with pytest.raises(ValueError, match="one key expected"):
+    keys.fold_seeds(jax.random.split(jax.random.key(0)), 3)

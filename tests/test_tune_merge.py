@@ -8,10 +8,10 @@ import pytest
 from benchmarks import tune_report as tune
 
 
-def _run(tmp_path, name, splits):
+def _run(tmp_path, name, splits, **extra):
   path = tmp_path / f"{name}.json"
-  path.write_text(json.dumps({s: {"tuned_single": 0.8 + i / 100,
-                                  "ensemble": 0.78 + i / 100}
+  path.write_text(json.dumps({s: {"chosen": {}, "tuned_single": 0.8 + i / 100,
+                                  "ensemble": 0.78 + i / 100, **extra}
                               for i, s in enumerate(splits)}))
   return str(path)
 
@@ -35,3 +35,15 @@ def test_merge_refuses_a_split_twice_and_unreadable_files(tmp_path):
     tune.merged([a, str(tmp_path / "bad.json")])
   with pytest.raises(ValueError, match="cannot read .*missing.json"):
     tune.merged([str(tmp_path / "missing.json")])
+
+
+def test_merge_refuses_other_families_and_other_files(tmp_path):
+  a = _run(tmp_path, "a", ["u1"], bpmf_ensemble=0.77)
+  b = _run(tmp_path, "b", ["u2"])
+  with pytest.raises(ValueError, match="u2 .* mixes other families than "
+                     "u1 .bpmf_ensemble in one only"):
+    tune.merged([a, b])
+  for text in ("[]", "{}", '{"u1": {"ensemble": 0.8}}'):
+    (tmp_path / "other.json").write_text(text)
+    with pytest.raises(ValueError, match="holds no tune.py results"):
+      tune.merged([str(tmp_path / "other.json")])
