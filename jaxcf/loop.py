@@ -248,8 +248,10 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
 
 def compile_together(*lowered):
   """Compiles lowered programs (`jax.jit(f).lower(...)`) side by side, one
-  thread each (XLA compiles without holding the GIL, so a run's epoch and
-  evaluation compile at once on two cores); returns them in order."""
+  thread each; returns them in order. They overlap only where XLA
+  releases the GIL: on jaxlib 0.10's CPU backend a compile holds it much
+  of the time (measured on a 2-core machine: a run's three programs
+  compiled this way took about as long as one after another)."""
   if len(lowered) == 1:
     return (lowered[0].compile(),)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
@@ -264,8 +266,8 @@ RUN_ONCE = {"xla_backend_optimization_level": 1}
 
 
 class Compiling:
-  """A lowered program compiling on a thread while the caller goes on (XLA
-  compiles without the GIL, so Python work overlaps it): `out_info` is its
+  """A lowered program compiling on a thread while the caller goes on (as
+  far as XLA releases the GIL: see `compile_together`): `out_info` is its
   output's shapes at once, `result()` the compiled program when done.
   options: XLA compiler options (RUN_ONCE for a program run once)."""
 
