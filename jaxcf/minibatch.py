@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import loop, placement, steps, training
+from jaxcf import keys, loop, placement, steps, training
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 
@@ -30,7 +30,7 @@ def init_replicas(model, tx, replicas: Sequence,
 
   constants: side-feature tables shared by every replica.
   """
-  keys = jnp.stack([steps.run_keys(r.seed)[0] for r in replicas])
+  init_keys = jnp.stack([keys.run_keys(r.seed)[0] for r in replicas])
   lrs = jnp.array([r.lr for r in replicas], jnp.float32)
   wds = jnp.array([r.wd for r in replicas], jnp.float32)
 
@@ -39,7 +39,7 @@ def init_replicas(model, tx, replicas: Sequence,
     return state.replace(opt_state=state.opt_state._replace(
         peak_lr=lr, weight_decay=wd))
 
-  state = jax.vmap(one)(keys, lrs, wds)
+  state = jax.vmap(one)(init_keys, lrs, wds)
   if replicas[0].y_range is not None:
     ranges = jnp.array([r.y_range for r in replicas], jnp.float32)
     consts = {**state.model_state["constants"], "y_range": ranges}
@@ -50,7 +50,7 @@ def init_replicas(model, tx, replicas: Sequence,
 
 def _order_seeds(replicas: Sequence, epochs: int) -> dict:
   """Each distinct seed's `steps.epoch_seeds` for its data order."""
-  return {r.seed: steps.epoch_seeds(steps.run_keys(r.seed)[1], epochs)
+  return {r.seed: steps.epoch_seeds(keys.run_keys(r.seed)[1], epochs)
           for r in replicas}
 
 

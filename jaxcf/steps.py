@@ -185,8 +185,8 @@ def epoch_batches(key: jax.Array, epoch: int, n: int, batch_size: int,
   permutation) from a seed taken from `fold_in(key, epoch)`: see
   `epoch_seeds`, which a training run uses to draw them all at its start.
   """
-  seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, epoch)))
-  return epoch_order(seed, n, batch_size, sampling)
+  return epoch_order(keys.fold_seeds(key, epoch + 1)[epoch], n, batch_size,
+                     sampling)
 
 
 def epoch_seeds(key: jax.Array, epochs: int) -> np.ndarray:
@@ -196,12 +196,6 @@ def epoch_seeds(key: jax.Array, epochs: int) -> np.ndarray:
   it, so drawing the next epoch's seed then would keep the host from
   shuffling while the device trains."""
   return keys.fold_seeds(key, max(epochs, 1))
-
-
-def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(initialisation key, data-order key) of a run's seed: the halves of
-  split(key(seed)), drawn on the host (`jaxcf.keys`)."""
-  return keys.run_keys(seed)
 
 
 def epoch_order(seed: np.ndarray, n: int, batch_size: int,

@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcf import (hooks, loop, models, optim, placement, rowkernels,
+from jaxcf import (hooks, keys, loop, models, optim, placement, rowkernels,
                    sharding, sparse)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
 # The functional core, re-exported: most callers want it with `fit`.
 from jaxcf.steps import (TrainState, create_train_state, epoch_batches,  # pylint: disable=unused-import
-                         evaluate, predict, predict_all, run_keys,
+                         evaluate, predict, predict_all,
                          train_epoch, train_step)
 from jaxcf.loop import smooth_losses  # pylint: disable=unused-import
 from jaxcf.placement import train_bytes  # pylint: disable=unused-import
@@ -230,7 +230,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
                         .lower(model, tx, jax.eval_shape(jax.random.key, 0),
                                constants), loop.RUN_ONCE)
-  init_key, order_key = run_keys(config.seed)
+  init_key, order_key = keys.run_keys(config.seed)
   state, progress = None, None
   restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:
