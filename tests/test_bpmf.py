@@ -231,9 +231,9 @@ def test_the_layout_is_a_matrix_only_when_small_dense_and_unrepeated(
 
 
 def test_chains_together_equal_chains_alone_and_repeat_exactly(planted):
-  _, together, _, _ = run_chains(planted, [3, 4], sweeps=60)
-  _, alone, _, _ = run_chains(planted, [4], sweeps=60)
-  _, again, _, _ = run_chains(planted, [4], sweeps=60)
+  _, together, _, _ = run_chains(planted, [3, 4], sweeps=80)
+  _, alone, _, _ = run_chains(planted, [4], sweeps=80)
+  _, again, _, _ = run_chains(planted, [4], sweeps=80)
   np.testing.assert_allclose(together[1], alone[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(alone, again)
   assert not np.allclose(together[0], together[1])  # chains differ
