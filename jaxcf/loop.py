@@ -248,11 +248,12 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
 
 def compile_together(*lowered):
   """Compiles lowered programs (`jax.jit(f).lower(...)`) side by side, one
-  thread each; returns them in order. XLA releases the GIL while it
-  compiles, but XLA:CPU already spreads one compile over the cores (the
-  book run's epoch: 0.62 s wall, 1.07 s CPU on 2 cores), so on a 2-core
-  machine a run's three programs compiled this way take about as long as
-  one after another; with more cores they overlap."""
+  thread each; returns them in order. XLA:CPU already spreads one compile
+  over the cores (the book run's epoch: 0.62 s wall, 1.07 s CPU on 2
+  cores), so on a 2-core machine a run's programs compiled this way (the
+  epoch and evaluation here, the initialisation alongside on `Compiling`)
+  take about as long as one after another; with more cores they should
+  overlap (not measured)."""
   if len(lowered) == 1:
     return (lowered[0].compile(),)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:

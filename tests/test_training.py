@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, models, optim, steps, training
+from jaxcf import datasets, loop, models, optim, steps, training
 from jaxcf.data import Ratings
 from jaxcf.errors import UserError
 
@@ -196,3 +196,32 @@ def test_epoch_seeds_are_each_epochs_seed():
     np.testing.assert_array_equal(
         steps.epoch_order(seeds[epoch], 97, 8),
         training.epoch_batches(key, epoch, 97, 8))
+
+
+def test_epoch_step_program_runs_a_shorter_last_call():
+  """45 epochs in calls of 20: two calls of the compiled program, then its
+  shorter last call (a program of its own) for epochs 40-44, an evaluation
+  after each, every epoch trained once and in order."""
+  def train(state, epochs):  # state [2 replicas]: the sum of epochs seen
+    seen = jnp.sum(epochs).astype(jnp.float32)
+    return state + seen, jnp.broadcast_to(epochs.astype(jnp.float32),
+                                          (2, len(epochs)))
+
+  class Rows(loop.Hook):
+    def __init__(self):
+      self.seen = []
+
+    def after_report(self, ctx, rows, losses):
+      self.seen.append((rows[0]["epoch"], rows[0]["valid_loss"],
+                        losses[1].tolist()))
+
+  state = jnp.zeros(2, jnp.float32)
+  program, _ = loop.epoch_step_program(
+      train, lambda s: {"mse": s}, state, epochs=45, every=20,
+      lr=lambda s: jnp.zeros(2), replicas=2)
+  rows = Rows()
+  outcome = loop.train_program(program, state, [rows], show_progress=False)
+  assert [(e, v) for e, v, _ in rows.seen] == [
+      (19, sum(range(20))), (39, sum(range(40))), (44, sum(range(45)))]
+  assert rows.seen[-1][2] == list(range(40, 45))
+  np.testing.assert_array_equal(outcome.state, [sum(range(45))] * 2)
