@@ -243,7 +243,8 @@ def evaluate(table, folder, train_rows, test_rows, item_key, log) -> dict:
   if c["bpmf"] is not None:
     families.append(bpmf_chains(outer, c["bpmf"]))
   out = {
-      "chosen": {"dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
+      "chosen": {"inner_seed": FLAGS.inner_seed,
+                 "dot_bias": {**c["best"].hparams(), "epochs": c["epochs"]},
                  "side_nn": c["nn"].hparams(), "bagging_wd": c["bag_wd"],
                  "weights (dot_bias, bagged, side_nn" + "".join(
                      f", {n}" for n in recs)

@@ -44,10 +44,11 @@ def _families(result: dict) -> set[str]:
 def merged(paths: list[str]) -> dict[str, dict]:
   """The splits of several OUT.json files, in order. Raises ValueError
   (one line) for a file that cannot be read or is not a tune.py result, a
-  split in two files, or splits whose runs mixed other families (made
-  with other flags: --autorec, --bpmf). Runs with another --inner_seed
-  cannot be told apart: merge only runs of one command line but --splits
-  and --out."""
+  split in two files, splits whose runs mixed other families (made
+  with other flags: --autorec, --bpmf), or splits of different inner
+  carve-outs (--inner_seed, as chosen.inner_seed; older results do not
+  record theirs, so merge only runs of one command line but --splits and
+  --out)."""
   results = {}
   for path in paths:
     try:
@@ -72,4 +73,11 @@ def merged(paths: list[str]) -> dict[str, dict]:
             f"{first[0]} ({', '.join(sorted(_families(result) ^ _families(first[1])))}"
             " in one only); merge runs made with the same flags")
       results[name] = result
+  seeds = {r["chosen"]["inner_seed"]: name for name, r in results.items()
+           if "inner_seed" in r["chosen"]}
+  if len(seeds) > 1:
+    raise ValueError("--merge: splits of different inner carve-outs ("
+                     + ", ".join(f"{n}: --inner_seed={s}"
+                                 for s, n in sorted(seeds.items()))
+                     + "); merge runs made with the same flags")
   return results

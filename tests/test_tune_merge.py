@@ -2,6 +2,7 @@
 table (the five-fold table from a u1 run and a u2..u5 run)."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -47,3 +48,17 @@ def test_merge_refuses_other_families_and_other_files(tmp_path):
     (tmp_path / "other.json").write_text(text)
     with pytest.raises(ValueError, match="holds no tune.py results"):
       tune.merged([str(tmp_path / "other.json")])
+
+
+def test_merge_refuses_splits_of_different_inner_carve_outs(tmp_path):
+  a = _run(tmp_path, "a", ["u1"])
+  b = _run(tmp_path, "b", ["u2"])
+  for path, seed in ((a, 0), (b, 1)):
+    runs = json.loads(pathlib.Path(path).read_text())
+    runs[next(iter(runs))]["chosen"]["inner_seed"] = seed
+    pathlib.Path(path).write_text(json.dumps(runs))
+  with pytest.raises(ValueError, match="different inner carve-outs "
+                     r"\(u1: --inner_seed=0, u2: --inner_seed=1\)"):
+    tune.merged([a, b])
+  old = _run(tmp_path, "old", ["u3"])  # written before seeds were recorded
+  assert list(tune.merged([a, old])) == ["u1", "u3"]
