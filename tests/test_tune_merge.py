@@ -2,16 +2,16 @@
 table (the five-fold table from a u1 run and a u2..u5 run)."""
 
 import json
-import pathlib
 
 import pytest
 
 from benchmarks import tune_report as tune
 
 
-def _run(tmp_path, name, splits, **extra):
+def _run(tmp_path, name, splits, chosen=None, **extra):
   path = tmp_path / f"{name}.json"
-  path.write_text(json.dumps({s: {"chosen": {}, "tuned_single": 0.8 + i / 100,
+  path.write_text(json.dumps({s: {"chosen": chosen or {},
+                                  "tuned_single": 0.8 + i / 100,
                                   "ensemble": 0.78 + i / 100, **extra}
                               for i, s in enumerate(splits)}))
   return str(path)
@@ -51,12 +51,8 @@ def test_merge_refuses_other_families_and_other_files(tmp_path):
 
 
 def test_merge_refuses_splits_of_different_inner_carve_outs(tmp_path):
-  a = _run(tmp_path, "a", ["u1"])
-  b = _run(tmp_path, "b", ["u2"])
-  for path, seed in ((a, 0), (b, 1)):
-    runs = json.loads(pathlib.Path(path).read_text())
-    runs[next(iter(runs))]["chosen"]["inner_seed"] = seed
-    pathlib.Path(path).write_text(json.dumps(runs))
+  a = _run(tmp_path, "a", ["u1"], chosen={"inner_seed": 0})
+  b = _run(tmp_path, "b", ["u2"], chosen={"inner_seed": 1})
   with pytest.raises(ValueError, match="different inner carve-outs "
                      r"\(u1: --inner_seed=0, u2: --inner_seed=1\)"):
     tune.merged([a, b])
