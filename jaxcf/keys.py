@@ -22,18 +22,20 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 
 
-def _numpy_ok() -> bool:
+def default_threefry() -> bool:
+  """Whether jax.random's keys are threefry2x32, partitionable (element i
+  of a draw hashes the counter pair (i // 2**32, i % 2**32))."""
   return (jax.config.jax_default_prng_impl == "threefry2x32"
           and jax.config.jax_threefry_partitionable)
 
 
-def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """The Threefry-2x32 hash (20 rounds) of counter pairs (x1, x2), uint32
-  arrays of one shape, under key uint32 [2]; uint32 arithmetic wraps."""
-  k = [np.uint32(key[0]), np.uint32(key[1])]
-  ks = (k[0], k[1], k[0] ^ k[1] ^ _PARITY)
-  x = [np.asarray(x1, np.uint32) + ks[0], np.asarray(x2, np.uint32) + ks[1]]
+def hash_pairs(k1, k2, x1, x2):
+  """The Threefry-2x32 hash (20 rounds) of counter pairs (x1, x2) under the
+  key words (k1, k2): uint32 numpy or JAX arrays that broadcast together,
+  hashed elementwise (uint32 arithmetic wraps). Returns the two output
+  words."""
+  ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+  x = [x1 + ks[0], x2 + ks[1]]
   for i in range(5):
     for r in _ROTATIONS[i % 2]:
       x[0] = x[0] + x[1]
@@ -41,6 +43,13 @@ def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray
     x[0] = x[0] + ks[(i + 1) % 3]
     x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
   return x[0], x[1]
+
+
+def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """`hash_pairs` in numpy under one key, uint32 [2]."""
+  return hash_pairs(np.uint32(key[0]), np.uint32(key[1]),
+                    np.asarray(x1, np.uint32), np.asarray(x2, np.uint32))
 
 
 def _x64() -> bool:
@@ -76,7 +85,7 @@ def fold_in(key: np.ndarray, data) -> np.ndarray:
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """(initialisation key, data-order key): split(key(seed))."""
   bits = 63 if _x64() else 31
-  if _numpy_ok() and -2**bits <= int(seed) < 2**bits:
+  if default_threefry() and -2**bits <= int(seed) < 2**bits:
     return tuple(jax.random.wrap_key_data(k) for k in split(
         seed_key_data(seed)))
   return tuple(jax.random.split(jax.random.key(seed)))
@@ -85,7 +94,7 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def _threefry(key: jax.Array) -> bool:
   if key.shape:
     raise ValueError(f"one key expected, not an array of shape {key.shape}")
-  return _numpy_ok() and str(jax.random.key_impl(key)) == "threefry2x32"
+  return default_threefry() and str(jax.random.key_impl(key)) == "threefry2x32"
 
 
 def fold_seeds(key: jax.Array, count: int) -> np.ndarray:

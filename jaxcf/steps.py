@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from jaxcf import keys, sparse
+from jaxcf.models import tableinit
 from jaxcf.data import Ratings
 
 
@@ -56,7 +57,7 @@ def create_train_state(model: nn.Module, tx, key: jax.Array,
   tables), replacing the placeholders `init` creates.
   """
   dummy = jnp.zeros((1,), jnp.int32)
-  variables = dict(model.init(key, dummy, dummy))
+  variables = dict(tableinit.drawn_together(model.init)(key, dummy, dummy))
   params = variables.pop("params")
   if constants:
     variables["constants"] = {**variables.get("constants", {}), **constants}

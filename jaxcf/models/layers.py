@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcf.models import tableinit
+
 YRange = tuple[float, float] | None
 
 
@@ -44,8 +46,9 @@ def embedding_size(n: int) -> int:
 
 
 def fastai_embedding_init(key, shape, dtype=jnp.float32) -> jax.Array:
-  """fastai's `trunc_normal_(std=0.01)`: N(0,1), fmod 2, times 0.01."""
-  return jnp.fmod(jax.random.normal(key, shape, dtype), 2.0) * 0.01
+  """fastai's `trunc_normal_(std=0.01)`: N(0,1), fmod 2, times 0.01 (all
+  of a model's tables in one draw inside `tableinit.drawn_together`)."""
+  return tableinit.fastai_normal(key, shape, dtype)
 
 
 # PyTorch's nn.Linear init: kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)).

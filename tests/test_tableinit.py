@@ -1,0 +1,113 @@
+"""jaxcf.models.tableinit draws all of a model's fastai tables at once: the
+values must be jax.random.normal's, table by table, bit for bit; every
+family's initialisation is checked in tests/test_families.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxcf import keys
+from jaxcf.models import tableinit
+
+SHAPES = [(944, 50), (1665, 50), (944, 1), (1665, 1), (1,), (3, 0, 2)]
+
+
+def by_table(key, shapes, dtype=jnp.float32):
+  """The reference: one jax.random.normal per table, table i's key the
+  i-th of split(key)."""
+  return [jnp.fmod(jax.random.normal(k, s, dtype), 2.0) * 0.01
+          for k, s in zip(split(key, shapes), shapes)]
+
+
+def split(key, shapes):
+  return list(jax.random.split(key, len(shapes)))
+
+
+def together(key, shapes, dtype=jnp.float32):
+  def init(table_keys):
+    return [tableinit.fastai_normal(k, s, dtype)
+            for k, s in zip(table_keys, shapes)]
+  return tableinit.drawn_together(init)(split(key, shapes))
+
+
+def assert_same(got, want):
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert g.dtype == w.dtype and g.shape == w.shape
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**31 - 1),
+       st.lists(st.tuples(st.integers(0, 300), st.integers(1, 9)),
+                min_size=1, max_size=3))
+def test_tables_drawn_together_are_jax_random_bit_for_bit(seed, shapes):
+  key = jax.random.key(seed)
+  assert_same(jax.jit(lambda k: together(k, shapes))(key),
+              jax.jit(lambda k: by_table(k, shapes))(key))
+
+
+def test_compiled_vmapped_and_eager_draws_agree():
+  key = jax.random.key(11)
+  want = by_table(key, SHAPES)
+  assert_same(jax.jit(lambda k: together(k, SHAPES))(key), want)
+  assert_same(together(key, SHAPES), want)
+  stacked = jax.random.split(key, 3)  # a sweep's replicas
+  got = jax.jit(jax.vmap(lambda k: together(k, SHAPES)))(stacked)
+  for r in range(3):
+    assert_same([g[r] for g in got], by_table(stacked[r], SHAPES))
+
+
+def test_one_pass_draws_in_one_hash():
+  """The point of it: the program holds no threefry2x32 primitive (the
+  hash jax.random.normal compiles once per table), only one elementwise
+  hash of its own."""
+  table_keys = split(jax.random.key(0), SHAPES)
+  init = lambda ks: [tableinit.fastai_normal(k, s)
+                     for k, s in zip(ks, SHAPES)]
+  by_jax = jax.jit(init).lower(table_keys).as_text()
+  assert by_jax.count("threefry2x32") >= len(SHAPES)
+  assert "threefry2x32" not in jax.jit(tableinit.drawn_together(init)).lower(
+      table_keys).as_text()
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "rbg", "raw key",
+                                  "not partitionable"])
+def test_other_draws_go_through_jax_random(case):
+  key, dtype = jax.random.key(5), jnp.float32
+  if case == "bfloat16":
+    dtype = jnp.bfloat16
+  if case == "rbg":
+    key = jax.random.key(5, impl="rbg")
+  if case == "raw key":
+    key = jax.random.PRNGKey(5)
+  if case == "not partitionable":
+    with jax.threefry_partitionable(False):
+      assert_same(together(key, SHAPES), by_table(key, SHAPES))
+    return
+  assert_same(together(key, SHAPES, dtype), by_table(key, SHAPES, dtype))
+
+
+def test_an_init_that_changes_between_passes_is_refused():
+  calls = []
+
+  def init(key):
+    calls.append(1)
+    shapes = [(4, 2)] if len(calls) == 1 else [(4, 3)]
+    return [tableinit.fastai_normal(key, s) for s in shapes]
+
+  with pytest.raises(RuntimeError, match="different tables"):
+    tableinit.drawn_together(init)(jax.random.key(0))
+  assert getattr(tableinit._COLLECTING, "draws", None) is None  # pylint: disable=protected-access
+
+
+def test_hash_pairs_in_jax_equal_numpy():
+  rng = np.random.default_rng(0)
+  k1, k2, x1, x2 = (rng.integers(0, 2**32, 64, dtype=np.uint32)
+                    for _ in range(4))
+  want = keys.hash_pairs(k1, k2, x1, x2)
+  got = jax.jit(keys.hash_pairs)(k1, k2, x1, x2)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
