@@ -25,13 +25,18 @@ reported apart):
                   fit_one_cycle (progress bar off)
 Time to accuracy: wall time from process start (imports and compilation
 included) until the validation MSE after an epoch is <= 0.87 on fastai's
-seed-42 split, with the book's settings.
+seed-42 split, with the book's settings. With --baseline=DIR, another
+checkout's jaxcf rows alternate with this one's (into <device>-tta-ab.*):
+
+  python benchmarks/throughput.py --data_dir=../shared/data --models=none \
+      --cores=all --baseline=/tmp/before
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +63,12 @@ flags.DEFINE_float("min_seconds", 3.0, "Time each measurement at least "
                    "this long.")
 flags.DEFINE_string("out_dir", "benchmarks/results", "Where results go.")
 flags.DEFINE_bool("time_to_accuracy", True, "Also measure time to 0.87.")
+flags.DEFINE_bool("tta_fastai", True, "Time fastai to 0.87 too (off: "
+                  "jaxcf's rows only, e.g. for a quick --baseline).")
+flags.DEFINE_string("baseline", None, "Another checkout (e.g. `git worktree "
+                    "add /tmp/before COMMIT`) whose time to 0.87, first run "
+                    "and cached, alternates with this one's in the same "
+                    "rounds.")
 # Internal: run one measurement and print RESULT {...}.
 flags.DEFINE_string("worker", None, "internal")
 flags.DEFINE_string("model", "dot_bias", "internal")
@@ -73,15 +84,20 @@ TARGET_MSE = workers.TARGET_MSE
 
 # The orchestrator ------------------------------------------------------------
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = " [baseline]"  # the suffix of the --baseline checkout's rows
+
+
 def spawn(name: str, model: str = "dot_bias", bs: int = 64,
-          env: dict | None = None) -> dict:
-  args = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
+          env: dict | None = None, repo: str = REPO) -> dict:
+  """Runs worker `name` of `repo`'s copy of this script; its result."""
+  script = os.path.join(os.path.abspath(repo), "benchmarks", "throughput.py")
+  args = [sys.executable, script, f"--worker={name}",
           f"--model={model}", f"--bs={bs}", f"--cores={FLAGS.cores}",
           f"--min_seconds={FLAGS.min_seconds}"]
   if FLAGS.data_dir:
     args.append(f"--data_dir={FLAGS.data_dir}")
-  env = {**os.environ, **(env or {}), "PYTHONPATH": os.path.dirname(
-      os.path.dirname(os.path.abspath(__file__)))}
+  env = {**os.environ, **(env or {}), "PYTHONPATH": os.path.abspath(repo)}
   start = time.time()
   proc = subprocess.run(args, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -145,21 +161,35 @@ def main(argv):
                         "to one core" if FLAGS.cores == "1" else
                         "all cores, torch threads = cpu_count"}
   if FLAGS.time_to_accuracy:
-    tta: dict[str, list[dict]] = {"jaxcf (first run)": [],
-                                  "jaxcf (programs cached)": [], "fastai": []}
+    jaxcf_rows = ["jaxcf (first run)", "jaxcf (programs cached)"]
+    if FLAGS.baseline:
+      jaxcf_rows += [name + BASELINE for name in jaxcf_rows]
+    tta: dict[str, list[dict]] = {name: [] for name in jaxcf_rows + (
+        ["fastai"] if FLAGS.tta_fastai else [])}
     for rnd in range(rounds):
-      cache = tempfile.mkdtemp(prefix="jaxcf-tta-")  # cold, then warm
+      caches = {}  # per checkout: cold, then warm
       for name, runs in tta.items():
         worker = "tta fastai" if name == "fastai" else "tta jaxcf"
-        runs.append(spawn(worker, env={"JAXCF_CACHE": cache}))
+        repo = FLAGS.baseline if name.endswith(BASELINE) else REPO
+        if repo not in caches:
+          caches[repo] = tempfile.mkdtemp(prefix="jaxcf-tta-")
+        runs.append(spawn(worker, env={"JAXCF_CACHE": caches[repo]},
+                          repo=repo))
         print(f"round {rnd + 1}/{rounds} time to {TARGET_MSE} {name}: "
               f"{runs[-1].get('seconds_to_target', 'not reached')}",
               flush=True)
+      for cache in caches.values():
+        shutil.rmtree(cache, ignore_errors=True)
     results["time_to_accuracy"] = tta
+    if FLAGS.baseline:
+      results["baseline"] = {"dir": FLAGS.baseline, "commit": subprocess.run(
+          ["git", "-C", FLAGS.baseline, "rev-parse", "HEAD"],
+          capture_output=True, text=True).stdout.strip()}
   slug = results["device"]["slug"] + ("" if FLAGS.cores == "1" else "-all")
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   base = os.path.join(FLAGS.out_dir, slug + ("-quick" if FLAGS.quick else "")
-                      + ("" if rows else "-tta"))
+                      + ("" if rows else "-tta")
+                      + ("-ab" if FLAGS.baseline else ""))
   with open(base + ".json", "w") as f:
     json.dump(results, f, indent=2)
   text = report.markdown(results, CONTENDERS, TARGET_MSE)

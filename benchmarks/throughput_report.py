@@ -148,6 +148,11 @@ def markdown(results: dict, contenders: tuple, target_mse: float) -> str:
           f"{max(secs):.1f}) | {first.get('epoch', '-')} | "
           f"{first.get('valid_loss', float('nan')):.4f} | "
           f"{first.get('final_valid_loss', float('nan')):.4f} |")
+    base = results.get("baseline")
+    if base:
+      lines += ["", f"[baseline]: the checkout in {base['dir']} (commit "
+                f"{base['commit'][:7]}), its rows alternating with this "
+                "one's in each round."]
   return "\n".join(lines)
 
 
