@@ -123,6 +123,9 @@ def main(argv):
   if FLAGS.worker:
     workers.run_worker(FLAGS.worker)
     return
+  if FLAGS.baseline and not FLAGS.time_to_accuracy:
+    raise app.UsageError("--baseline compares time to accuracy; it needs "
+                         "--time_to_accuracy")
   contenders = FLAGS.contenders or (QUICK if FLAGS.quick else CONTENDERS)
   batch_sizes = [64, 1024] if FLAGS.quick else list(map(int,
                                                          FLAGS.batch_sizes))
@@ -168,7 +171,11 @@ def main(argv):
         ["fastai"] if FLAGS.tta_fastai else [])}
     for rnd in range(rounds):
       caches = {}  # per checkout: cold, then warm
-      for name, runs in tta.items():
+      order = list(tta)
+      if FLAGS.baseline and rnd % 2:  # ABBA: neither checkout always first
+        order = order[2:4] + order[:2] + order[4:]
+      for name in order:
+        runs = tta[name]
         worker = "tta fastai" if name == "fastai" else "tta jaxcf"
         repo = FLAGS.baseline if name.endswith(BASELINE) else REPO
         if repo not in caches:
@@ -182,9 +189,12 @@ def main(argv):
         shutil.rmtree(cache, ignore_errors=True)
     results["time_to_accuracy"] = tta
     if FLAGS.baseline:
-      results["baseline"] = {"dir": FLAGS.baseline, "commit": subprocess.run(
-          ["git", "-C", FLAGS.baseline, "rev-parse", "HEAD"],
-          capture_output=True, text=True).stdout.strip()}
+      describe = lambda repo: subprocess.run(
+          ["git", "-C", repo, "describe", "--always", "--dirty"],
+          capture_output=True, text=True).stdout.strip() or "not git"
+      results["baseline"] = {"dir": FLAGS.baseline,
+                             "commit": describe(FLAGS.baseline),
+                             "this commit": describe(REPO)}
   slug = results["device"]["slug"] + ("" if FLAGS.cores == "1" else "-all")
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   base = os.path.join(FLAGS.out_dir, slug + ("-quick" if FLAGS.quick else "")

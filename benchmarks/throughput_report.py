@@ -150,9 +150,20 @@ def markdown(results: dict, contenders: tuple, target_mse: float) -> str:
           f"{first.get('final_valid_loss', float('nan')):.4f} |")
     base = results.get("baseline")
     if base:
-      lines += ["", f"[baseline]: the checkout in {base['dir']} (commit "
-                f"{base['commit'][:7]}), its rows alternating with this "
-                "one's in each round."]
+      lines += ["", f"[baseline]: the checkout in {base['dir']} "
+                f"({base['commit']}; this one {base.get('this commit', '?')}"
+                "), its rows alternating with this one's, which goes first "
+                "in odd rounds. Paired by round, this one minus the "
+                "baseline:"]
+      for name in [n for n in tta if n + " [baseline]" in tta]:
+        diffs = [a["seconds_to_target"] - b["seconds_to_target"]
+                 for a, b in zip(tta[name], tta[name + " [baseline]"])
+                 if "seconds_to_target" in a and "seconds_to_target" in b]
+        if diffs:
+          lines.append(
+              f"- {name}: median {statistics.median(diffs):+.2f} s (range "
+              f"{min(diffs):+.2f} to {max(diffs):+.2f}), faster in "
+              f"{sum(d < 0 for d in diffs)} of {len(diffs)} rounds")
   return "\n".join(lines)
 
 

@@ -82,8 +82,7 @@ class RunConfig:
     values = dict(epochs=t.epochs, batch_size=t.bs, pct_start=t.pct_start,
                   div=t.div, div_final=t.div_final, sampling=t.sampling,
                   optimizer=t.optimizer, eval_batch_size=t.eval_bs,
-                  row_kernel=t.row_kernel,
-                  eval_every=evaluation_interval(t.epochs),
+                  row_kernel=t.row_kernel, eval_every=max(1, t.epochs // 10),
                   burn_in=t.burn_in)
     if replica is not None:
       values.update(lr=replica.lr, wd=replica.wd, seed=replica.seed)
@@ -97,19 +96,6 @@ class RunConfig:
     """What a resumed run must share with the run it continues: every field
     that changes the result, and the data's content hash."""
     return {**fingerprint_of(self.to_json()), "data_hash": data_hash}
-
-
-def evaluation_interval(epochs: int) -> int:
-  """Epochs between evaluations of a full-batch family (one compiled call
-  each): about a tenth of the run, and a divisor of it giving 5 to 20
-  evaluations where one exists (the nearest to 10), so that every call has
-  the same length: a shorter last call compiles a second program, ~10 s
-  for BPMF. Otherwise epochs // 10 (at least 1)."""
-  fitting = [d for d in range(max(1, epochs // 20), epochs // 5 + 1)
-             if epochs % d == 0 and 5 <= epochs // d <= 20]
-  if fitting:
-    return min(fitting, key=lambda d: (abs(epochs // d - 10), d))
-  return max(1, epochs // 10)
 
 
 def fingerprint_of(config_json: dict) -> dict:

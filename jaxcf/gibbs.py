@@ -309,7 +309,8 @@ def train_group(replicas: Sequence, data: CollabData, config,
 
   state = jax.vmap(init)(jnp.asarray([x.seed for x in replicas], jnp.uint32))
   program, compile_seconds = loop.epoch_step_program(
-      train, evaluate, state, sweeps, config.eval_every,
+      train, evaluate, state, sweeps, loop.even_calls(sweeps,
+                                                      config.eval_every),
       lr=lambda s: jnp.zeros(len(replicas)), replicas=len(replicas),
       args=(matrices,))
   if log:

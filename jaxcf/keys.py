@@ -11,6 +11,9 @@ bit what `jax.random` gives with its default implementation
 (threefry2x32, `jax_threefry_partitionable`; tests/test_keys.py checks
 against JAX). Under any other PRNG configuration, or for a seed outside
 int32, the functions call `jax.random` instead.
+
+The hash itself, `hash_pairs`, takes numpy or JAX arrays alike:
+`models.tableinit` runs it inside a compiled initialisation.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 
 
-def default_threefry() -> bool:
+def threefry_is_default() -> bool:
   """Whether jax.random's keys are threefry2x32, partitionable (element i
   of a draw hashes the counter pair (i // 2**32, i % 2**32))."""
   return (jax.config.jax_default_prng_impl == "threefry2x32"
@@ -85,7 +88,7 @@ def fold_in(key: np.ndarray, data) -> np.ndarray:
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   """(initialisation key, data-order key): split(key(seed))."""
   bits = 63 if _x64() else 31
-  if default_threefry() and -2**bits <= int(seed) < 2**bits:
+  if threefry_is_default() and -2**bits <= int(seed) < 2**bits:
     return tuple(jax.random.wrap_key_data(k) for k in split(
         seed_key_data(seed)))
   return tuple(jax.random.split(jax.random.key(seed)))
@@ -94,7 +97,8 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def _threefry(key: jax.Array) -> bool:
   if key.shape:
     raise ValueError(f"one key expected, not an array of shape {key.shape}")
-  return default_threefry() and str(jax.random.key_impl(key)) == "threefry2x32"
+  return (threefry_is_default()
+          and str(jax.random.key_impl(key)) == "threefry2x32")
 
 
 def fold_seeds(key: jax.Array, count: int) -> np.ndarray:

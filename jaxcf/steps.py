@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 from jaxcf import keys, sparse
-from jaxcf.models import tableinit
 from jaxcf.data import Ratings
+from jaxcf.models import tableinit
 
 
 @flax.struct.dataclass

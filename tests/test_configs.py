@@ -74,21 +74,3 @@ def test_a_bad_config_file_is_one_line(tmp_path, capsys, body, message):
   assert train_cli(f"--config={path}") == 2
   err = capsys.readouterr().err
   assert "Traceback" not in err and message in err
-
-
-def test_full_batch_evaluations_split_the_run_evenly_where_they_can():
-  """Every compiled call of a full-batch run has one length when some
-  divisor of the epochs gives 5 to 20 evaluations (no second program for
-  a shorter last call); the nearest to 10 evaluations is taken."""
-  for epochs in range(1, 1200):
-    every = config.evaluation_interval(epochs)
-    assert every >= 1
-    fitting = [d for d in range(1, epochs + 1)
-               if epochs % d == 0 and 5 <= epochs // d <= 20]
-    if fitting:
-      assert epochs % every == 0 and 5 <= epochs // every <= 20, epochs
-      assert abs(epochs // every - 10) == min(abs(epochs // d - 10)
-                                              for d in fitting), epochs
-    else:
-      assert every == max(1, epochs // 10), epochs
-  assert [config.evaluation_interval(n) for n in (25, 64, 500)] == [5, 8, 50]

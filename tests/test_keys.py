@@ -45,7 +45,7 @@ def test_numpy_and_wide_seeds(seed):
 
 def test_other_prng_configurations_go_through_jax():
   with jax.threefry_partitionable(False):
-    assert not keys.default_threefry()
+    assert not keys.threefry_is_default()
     for g, w in zip(keys.run_keys(3), jax.random.split(jax.random.key(3))):
       np.testing.assert_array_equal(data(g), data(w))
     key = jax.random.key(3)

@@ -2,6 +2,7 @@
 values must be jax.random.normal's, table by table, bit for bit; every
 family's initialisation is checked in tests/test_families.py."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxcf import keys
-from jaxcf.models import tableinit
+from jaxcf.models import layers, tableinit
 
-SHAPES = [(944, 50), (1665, 50), (944, 1), (1665, 1), (1,), (3, 0, 2)]
+SHAPES = [(94, 5), (166, 5), (94, 1), (166, 1), (1,), (3, 0, 2)]
 
 
 def by_table(key, shapes, dtype=jnp.float32):
@@ -62,15 +63,16 @@ def test_compiled_vmapped_and_eager_draws_agree():
 
 def test_one_pass_draws_in_one_hash():
   """The point of it: the program holds no threefry2x32 primitive (the
-  hash jax.random.normal compiles once per table), only one elementwise
-  hash of its own."""
+  hash jax.random.normal compiles once per table), and one hash of its
+  own: 5 x 4 rotations, each one shift left."""
   table_keys = split(jax.random.key(0), SHAPES)
   init = lambda ks: [tableinit.fastai_normal(k, s)
                      for k, s in zip(ks, SHAPES)]
   by_jax = jax.jit(init).lower(table_keys).as_text()
   assert by_jax.count("threefry2x32") >= len(SHAPES)
-  assert "threefry2x32" not in jax.jit(tableinit.drawn_together(init)).lower(
-      table_keys).as_text()
+  ours = jax.jit(tableinit.drawn_together(init)).lower(table_keys).as_text()
+  assert "threefry2x32" not in ours
+  assert ours.count("stablehlo.shift_left") == 20
 
 
 @pytest.mark.parametrize("case", ["bfloat16", "rbg", "raw key",
@@ -100,6 +102,53 @@ def test_an_init_that_changes_between_passes_is_refused():
 
   with pytest.raises(RuntimeError, match="different tables"):
     tableinit.drawn_together(init)(jax.random.key(0))
+  assert getattr(tableinit._COLLECTING, "draws", None) is None  # pylint: disable=protected-access
+
+
+def test_tables_under_an_inner_transformation_are_drawn_on_their_own():
+  """Keys of another trace (nn.remat, an inner jit) cannot wait for the
+  outer draw: those tables come from jax.random.normal, same values, and
+  an inner jit's cache keeps no zeros."""
+  embed = lambda n, f: nn.Embed(n, f,
+                                embedding_init=layers.fastai_embedding_init)
+
+  class Inner(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return embed(7, 3)(x)
+
+  class Outer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.remat(Inner)()(x).sum() + embed(5, 2)(x).sum()
+
+  x, key = jnp.zeros((1,), jnp.int32), jax.random.key(4)
+  module = Outer()
+  assert_same(jax.tree.leaves(jax.jit(tableinit.drawn_together(
+      module.init))(key, x)), jax.tree.leaves(jax.jit(module.init)(key, x)))
+  inner = jax.jit(lambda k: tableinit.fastai_normal(k, (3, 2)))
+  want = by_table(key, [(3, 2)])
+  table_key = split(key, [(3, 2)])
+  assert_same(tableinit.drawn_together(lambda ks: [inner(ks[0])])(table_key),
+              want)
+  assert_same([inner(table_key[0])], want)
+
+
+def test_collecting_ends_with_the_init_whatever_happens():
+  def fewer(table_keys, calls=[]):  # pylint: disable=dangerous-default-value
+    calls.append(1)
+    return [tableinit.fastai_normal(k, (2, 2))
+            for k in table_keys[:3 - len(calls)]]
+
+  with pytest.raises(RuntimeError, match="fewer tables"):
+    tableinit.drawn_together(fewer)(split(jax.random.key(0), [0, 0]))
+
+  def broken(table_keys):
+    tableinit.fastai_normal(table_keys[0], (2, 2))
+    raise ValueError("bad init")
+
+  with pytest.raises(ValueError, match="bad init"):
+    tableinit.drawn_together(broken)(split(jax.random.key(0), [0]))
   assert getattr(tableinit._COLLECTING, "draws", None) is None  # pylint: disable=protected-access
 
 

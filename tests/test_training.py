@@ -225,3 +225,24 @@ def test_epoch_step_program_runs_a_shorter_last_call():
       (19, sum(range(20))), (39, sum(range(40))), (44, sum(range(45)))]
   assert rows.seen[-1][2] == list(range(40, 45))
   np.testing.assert_array_equal(outcome.state, [sum(range(45))] * 2)
+
+
+def test_even_calls_split_a_run_into_equal_calls_where_they_can():
+  """A Gibbs run's calls all have one length when some divisor of its
+  sweeps makes 5 to 20 calls (no second program for a shorter last call);
+  the divisor nearest the interval asked for is taken."""
+  for total in range(1, 700):
+    for every in (1, max(1, total // 10), min(7, total)):
+      got = loop.even_calls(total, every)
+      if total % every == 0:
+        assert got == every
+        continue
+      fitting = [d for d in range(1, total + 1)
+                 if total % d == 0 and 5 <= total // d <= 20]
+      if not fitting:
+        assert got == every, (total, every)
+        continue
+      assert total % got == 0 and 5 <= total // got <= 20, (total, every)
+      assert abs(got - every) == min(abs(d - every) for d in fitting)
+  assert [loop.even_calls(n, k) for n, k in
+          ((25, 2), (45, 4), (64, 6), (97, 9), (500, 50))] == [5, 5, 8, 9, 50]

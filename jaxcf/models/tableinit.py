@@ -4,22 +4,26 @@ one computation.
 fastai initialises a table with `trunc_normal_(std=0.01)`: standard normal
 draws, fmod 2, times 0.01. Drawn table by table with `jax.random.normal`, a
 model's initialisation program holds one Threefry hash and one inverse-erf
-map per table, and XLA compiles each: the book's dot_bias's four tables
-compiled in 0.52 s, against 0.16 s for one hash and one map over all their
-elements (`lower(...).compile(loop.RUN_ONCE)`, XLA:CPU on 2 cores), out of
-the ~1.5 s a first book run spends compiling.
+map per table, and XLA compiles each: the book's dot_bias's `init` (four
+tables, and the keys Flax derives for them) compiled in 0.54-0.62 s, and in
+0.24-0.25 s with one hash and one map over all the tables' elements
+(`lower(...).compile(loop.RUN_ONCE)`, XLA:CPU on 2 cores, 2026-12-03),
+out of the ~1.5 s a first book run used to spend compiling.
 
 `drawn_together(init)` runs an initialisation twice in one trace: the first
 pass records each table's key and shape (handing out zeros), one
 elementwise computation then draws every table, and the second pass hands
-the tables out in the order they are asked for (initialisers run in the
-same order on the same module). The values are `jax.random.normal`'s bit
-for bit: with partitionable threefry keys, element i of a draw is
-sqrt(2) erfinv(u) of the uniform u that the 32 bits
-`hash_pairs(key, (0, i))` make (tests/test_families.py checks every family).
-Tables that are not float32, have 2**32 elements or more, or whose keys are
-not partitionable threefry ones are drawn by `jax.random.normal`, each on
-its own.
+the tables out in the order they are asked for (so `init` must ask for the
+same tables in the same order each time, as a Flax module's init does).
+The values are `jax.random.normal`'s bit for bit: with partitionable
+threefry keys, element i of a draw is sqrt(2) erfinv(u) of the uniform u
+that the 32 bits `hash_pairs(key, (0, i))` make (tests/test_tableinit.py;
+tests/test_families.py checks every family with tables).
+These tables are drawn by `jax.random.normal`, each on its own: those not
+float32, those whose key is not a typed, partitionable threefry key, those
+past 2**32 elements in all, and those asked for under a transformation
+inside `init` (`nn.remat`, `nn.scan`, an inner `jax.jit`: their keys live
+in another trace).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 import threading
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,7 +46,8 @@ def fastai_normal(key, shape, dtype=jnp.float32) -> jax.Array:
   """fmod(N(0, 1), 2) * 0.01 of `shape`, drawn with `key` (deferred to the
   batched draw inside `drawn_together`)."""
   draws = getattr(_COLLECTING, "draws", None)
-  if draws is not None and _batchable(key, shape, dtype):
+  if (draws is not None and draws.trace == _trace()
+      and _batchable(key, shape, dtype) and draws.fits(shape)):
     return draws.take(key, tuple(shape))
   return _fastai(jax.random.normal(key, shape, dtype))
 
@@ -50,11 +56,16 @@ def _fastai(normal: jax.Array) -> jax.Array:
   return jnp.fmod(normal, 2.0) * 0.01
 
 
+def _trace():
+  """Which trace is running (Flax's test for the same question)."""
+  return jax_core.get_opaque_trace_state(convention="flax")
+
+
 def _batchable(key, shape, dtype) -> bool:
-  return (np.dtype(dtype) == np.float32 and math.prod(shape) < 2**32
+  return (np.dtype(dtype) == np.float32
           and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
           and key.shape == ()
-          and keys.default_threefry()
+          and keys.threefry_is_default()
           and str(jax.random.key_impl(key)) == "threefry2x32")
 
 
@@ -63,8 +74,18 @@ class _Draws:
   handed out on the second."""
 
   def __init__(self):
+    self.trace = _trace()  # only tables asked for in this trace wait
     self.requests: list[tuple[jax.Array, tuple[int, ...]]] = []
     self.tables: list[jax.Array] | None = None
+    self.size = 0  # elements recorded (pass 1) or handed out (pass 2)
+
+  def fits(self, shape) -> bool:
+    """Whether the table's elements can be counted in uint32 after those
+    before it (the same answer on both passes)."""
+    if self.size + math.prod(shape) >= 2**32:
+      return False
+    self.size += math.prod(shape)
+    return True
 
   def take(self, key, shape):
     if self.tables is None:
@@ -78,24 +99,30 @@ class _Draws:
   def draw(self) -> None:
     shapes = tuple(shape for _, shape in self.requests)
     self.tables = list(_draw([key for key, _ in self.requests], shapes))
+    self.size = 0
 
 
 @functools.partial(jax.jit, static_argnums=1)  # one program when eager, too
 def _draw(table_keys, shapes):
-  """fastai tables of `shapes`, one per key, from one hash and one map
-  over all their elements."""
+  """fastai tables of `shapes`, one per key, from one hash and one map over
+  all their elements: element i of the whole belongs to the last table j
+  with start_j <= i, and hashes the counter (0, i - start_j) under table
+  j's key."""
   sizes = [math.prod(shape) for shape in shapes]
+  starts = np.cumsum([0] + sizes)
   words = [jax.random.key_data(key) for key in table_keys]
-  spread = lambda w: jnp.concatenate([
-      jnp.broadcast_to(kd[w], (n,)) for kd, n in zip(words, sizes)])
-  counters = jnp.concatenate([jnp.arange(n, dtype=jnp.uint32)
-                              for n in sizes])
-  hi, lo = keys.hash_pairs(spread(0), spread(1), jnp.zeros_like(counters),
-                           counters)
+  i = jax.lax.iota(jnp.uint32, int(starts[-1]))
+  k1, k2 = (jnp.full_like(i, words[0][w]) for w in (0, 1))
+  start = jnp.zeros_like(i)
+  for j in range(1, len(shapes)):
+    later = i >= np.uint32(starts[j])
+    k1 = jnp.where(later, words[j][0], k1)
+    k2 = jnp.where(later, words[j][1], k2)
+    start = jnp.where(later, np.uint32(starts[j]), start)
+  hi, lo = keys.hash_pairs(k1, k2, jnp.zeros_like(i), i - start)
   flat = _fastai(_normal_from_bits(hi ^ lo))
-  ends = np.cumsum(sizes)
-  return [flat[end - n:end].reshape(shape)
-          for end, n, shape in zip(ends, sizes, shapes)]
+  return [flat[a:b].reshape(shape)
+          for a, b, shape in zip(starts[:-1], starts[1:], shapes)]
 
 
 def _normal_from_bits(bits: jax.Array) -> jax.Array:
@@ -115,6 +142,7 @@ def drawn_together(init):
   """`init` (e.g. a module's `init`) with every `fastai_normal` table it
   asks for drawn in one computation; same values."""
 
+  @functools.wraps(init)
   def run(*args, **kwargs):
     draws, outer = _Draws(), getattr(_COLLECTING, "draws", None)
     _COLLECTING.draws = draws
