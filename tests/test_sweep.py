@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, minibatch, optim, sweep, training
+from jaxcf import datasets, keys, minibatch, optim, sweep, training
 from jaxcf.errors import UserError
 
 CONFIG = training.TrainConfig(epochs=3, batch_size=16)
@@ -126,6 +126,11 @@ def test_stacked_state_carries_per_replica_hyperparameters(tiny_data):
   emb = state.params["user_factors"]["embedding"]
   np.testing.assert_array_equal(emb[0], emb[1])  # one seed, one init
   assert isinstance(emb, jnp.ndarray) and emb.shape[0] == 2
+  # Each replica starts bit for bit where fit starts it.
+  alone = jax.jit(training.create_train_state, static_argnums=(0, 1))(
+      model, tx, keys.run_keys(3)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b),
+               state.params, alone.params)
 
 
 def test_a_diverged_replica_ranks_last(tiny_data):
