@@ -94,11 +94,17 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return tuple(jax.random.split(jax.random.key(seed)))
 
 
+def threefry_key(key: jax.Array) -> bool:
+  """Whether `key`, a typed key, is a threefry2x32 key under the default
+  (partitionable) configuration: `hash_pairs` gives its draws."""
+  return (threefry_is_default()
+          and str(jax.random.key_impl(key)) == "threefry2x32")
+
+
 def _threefry(key: jax.Array) -> bool:
   if key.shape:
     raise ValueError(f"one key expected, not an array of shape {key.shape}")
-  return (threefry_is_default()
-          and str(jax.random.key_impl(key)) == "threefry2x32")
+  return threefry_key(key)
 
 
 def fold_seeds(key: jax.Array, count: int) -> np.ndarray:

@@ -64,9 +64,7 @@ def _trace():
 def _batchable(key, shape, dtype) -> bool:
   return (np.dtype(dtype) == np.float32
           and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-          and key.shape == ()
-          and keys.threefry_is_default()
-          and str(jax.random.key_impl(key)) == "threefry2x32")
+          and key.shape == () and keys.threefry_key(key))
 
 
 class _Draws:
