@@ -229,7 +229,7 @@ class Train:
                           " move and update the rows with small C++ kernels "
                           "(CPU, one device, float32; built on first use).",
                           affects_result=False)
-  eval_bs: int = field(8192, "Evaluation batch size (does not change the "
+  eval_bs: int = field(32768, "Evaluation batch size (does not change the "
                        "result).", affects_result=False)
 
   def __post_init__(self):

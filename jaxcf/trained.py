@@ -153,7 +153,7 @@ class TrainedModel(interpret.Interpretation):
 
   # Predictions and recommendations -----------------------------------------
 
-  def predict(self, users, items, batch_size: int = 8192,
+  def predict(self, users, items, batch_size: int = steps.EVAL_BATCH,
               return_std: bool = False):
     """Predicted ratings for pairs of user ids and items, any number; one
     user (an id, a str being one id, or a FoldedUser) with many items
@@ -178,7 +178,7 @@ class TrainedModel(interpret.Interpretation):
     return _mean([_predict(s, u, i, batch_size) for s in self.states])
 
   def predict_for(self, user, items: Iterable, times=None,
-                  batch_size: int = 8192) -> np.ndarray:
+                  batch_size: int = steps.EVAL_BATCH) -> np.ndarray:
     """Predicted ratings of one user (an id or a FoldedUser) for items.
 
     times: rating times in [0, 1] (see `features.scaled_times`) for models

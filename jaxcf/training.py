@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcf import (hooks, keys, loop, models, optim, placement, rowkernels,
-                   sharding, sparse)
+                   sharding, sparse, steps)
 from jaxcf.data import CollabData
 from jaxcf.errors import UserError
+from jaxcf.models import tableinit
 # The functional core, re-exported: most callers want it with `fit`.
 from jaxcf.steps import (TrainState, create_train_state, epoch_batches,  # pylint: disable=unused-import
                          evaluate, predict, predict_all,
@@ -52,7 +53,7 @@ class TrainConfig:
   moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
   sampling: str = "shuffle"  # or "replacement", see `steps.epoch_batches`
   optimizer: str = "adamw"
-  eval_batch_size: int = 8192
+  eval_batch_size: int = steps.EVAL_BATCH
   row_kernel: str = "xla"
   eval_every: int = 1  # full-batch families: epochs between evaluations
   burn_in: int | None = None  # bpmf: sweeps before averaging (None: 1/4)
@@ -224,13 +225,16 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   per_epoch, tx = plan(model, data, config, mesh, shard_data)
   constants = model_constants(model, data)
   # The initialisation is one compiled program (cached across runs; op by
-  # op is much slower cold), compiling on a thread, from the key's type
-  # alone, while the keys are drawn (on the host: `jaxcf.keys`), the
-  # checkpoints read and the epoch lowered from the state's shapes.
+  # op is much slower cold), compiling on a thread while the checkpoints
+  # are read and the epoch lowered from the state's shapes. Its keys, the
+  # run's and its tables', are drawn on the host (`jaxcf.keys`,
+  # `tableinit.host_keys`): the program is compiled from their types alone.
+  init_key, order_key = keys.run_keys(config.seed)
+  derived = (tableinit.host_keys(model, init_key),
+             keys.fold_key(init_key, 1))
   init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
                         .lower(model, tx, jax.eval_shape(jax.random.key, 0),
-                               constants), loop.RUN_ONCE)
-  init_key, order_key = keys.run_keys(config.seed)
+                               constants, *derived), loop.RUN_ONCE)
   state, progress = None, None
   restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:
@@ -241,7 +245,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     say(f"resuming at epoch {epoch}, step {into_epoch} of {per_epoch}, from "
         f"{checkpoints.directory}")
   if state is None and mesh is not None:  # sharding needs the values
-    state = init.result()(init_key, constants)
+    state = init.result()(init_key, constants, *derived)
   placed = placement.place(init.out_info if state is None else state, data,
                            batch_size=config.batch_size,
                            sampling=config.sampling, order_key=order_key,
@@ -254,7 +258,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   program, _ = batch_program(placed, config, per_epoch, chunk,
                              first // per_epoch * per_epoch)
   if state is None:
-    placed.put_state(init.result()(init_key, constants))
+    placed.put_state(init.result()(init_key, constants, *derived))
   compile_seconds = time.perf_counter() - t0
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
       f"({per_epoch} steps of {config.batch_size} per epoch"

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import (datasets, features, loop, models, sweep, trained,
+from jaxcf import (datasets, features, keys, loop, models, sweep, trained,
                    training)
+from jaxcf.models import tableinit
 from jaxcf.errors import UserError
 from tests.conftest import write_movielens
 
@@ -162,8 +163,9 @@ def test_row_wise_optimizers_as_declared(name, tiny):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_initialisation_compiled_for_one_run_is_bit_exact(name, tiny):
   """fit compiles its initialisation with loop.RUN_ONCE (no LLVM
-  optimisation): the state must equal the fully optimised program's, and
-  its tables those of the module's own init."""
+  optimisation) and the keys it derives drawn on the host: the state must
+  equal the fully optimised program's deriving them itself, and its tables
+  those of the module's own init."""
   rep = replica(name)
   if rep.family.trainer != "batches":
     pytest.skip("full-batch families initialise in their own trainers")
@@ -172,9 +174,11 @@ def test_initialisation_compiled_for_one_run_is_bit_exact(name, tiny):
   key, constants = jax.random.key(3), training.model_constants(model, tiny)
   program = jax.jit(training.create_train_state, static_argnums=(0, 1))
   want = program(model, tx, key, constants)
+  derived = (tableinit.host_keys(model, key), keys.fold_key(key, 1))
+  assert derived[0] is not None  # each of these families has fastai tables
   got = loop.Compiling(program.lower(  # as fit lowers it
-      model, tx, jax.eval_shape(jax.random.key, 0), constants),
-                       loop.RUN_ONCE).result()(key, constants)
+      model, tx, jax.eval_shape(jax.random.key, 0), constants, *derived),
+                       loop.RUN_ONCE).result()(key, constants, *derived)
   chex.assert_trees_all_equal(jax.tree.leaves(got), jax.tree.leaves(want))
   # create_train_state draws the fastai tables all at once
   # (models.tableinit): the module's own init draws them one by one.

@@ -160,3 +160,72 @@ def test_hash_pairs_in_jax_equal_numpy():
   got = jax.jit(keys.hash_pairs)(k1, k2, x1, x2)
   for g, w in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g), w)
+
+
+class TwoTables(nn.Module):
+  """Two fastai tables; `derive` maps the key Flax hands the second
+  initialiser to the key it draws with."""
+  derive: object = None
+
+  @nn.compact
+  def __call__(self, users, items):
+    second = layers.fastai_embedding_init
+    if self.derive is not None:
+      second = lambda k, s, d=jnp.float32: layers.fastai_embedding_init(
+          self.derive(k), s, d)
+    return (nn.Embed(9, 3, embedding_init=layers.fastai_embedding_init)(
+        users).sum() + nn.Embed(7, 2, embedding_init=second)(items).sum())
+
+
+class NoTables(nn.Module):
+  @nn.compact
+  def __call__(self, users, items):
+    return nn.Dense(3)((users + items)[:, None].astype(jnp.float32))
+
+
+def table_keys_traced(module, key):
+  """The data of the keys the module's init gives its tables, in JAX."""
+  got = []
+  real = tableinit.fastai_normal
+
+  def record(k, shape, dtype=jnp.float32):
+    got.append(jax.random.key_data(k))
+    return real(k, shape, dtype)
+
+  ids = jnp.zeros((1,), jnp.int32)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(layers, "fastai_embedding_init", record)
+    module.init(key, ids, ids)
+  return np.stack(got)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**31 - 1])
+def test_host_keys_are_the_keys_flax_derives(seed):
+  """host_keys replays the trace's fold_ins on the host: the same keys,
+  and tables drawn with them equal those the init draws itself."""
+  module, key = TwoTables(), jax.random.key(seed)
+  host = tableinit.host_keys(module, key)
+  np.testing.assert_array_equal(host, table_keys_traced(module, key))
+  ids = jnp.zeros((1,), jnp.int32)
+  # host passed in, not closed over: XLA would fold the draw of a constant
+  # at compile time, with its own erfinv (1 ulp off for seed 7)
+  drawn = jax.jit(lambda k, h: tableinit.drawn_together(module.init, h)(
+      k, ids, ids))(key, host)
+  assert_same(jax.tree.leaves(drawn),
+              jax.tree.leaves(jax.jit(module.init)(key, ids, ids)))
+  shapes = tableinit.traced_init(module).params
+  assert [x.shape for x in jax.tree.leaves(shapes)] == [(9, 3), (7, 2)]
+
+
+def test_host_keys_leave_what_they_cannot_replay_to_the_init():
+  """A derivation that is not fold_ins of constants (here a split), or a
+  key that is not threefry, gives None; wrong table_keys are refused."""
+  split_second = TwoTables(derive=lambda k: jax.random.split(k)[1])
+  assert tableinit.host_keys(split_second, jax.random.key(1)) is None
+  assert tableinit.host_keys(TwoTables(), jax.random.key(1, impl="rbg")) is None
+  assert tableinit.host_keys(NoTables(), jax.random.key(1)) is None
+  ids = jnp.zeros((1,), jnp.int32)
+  wrong = np.zeros((3, 2), np.uint32)
+  with pytest.raises(RuntimeError, match="for 2 tables"):
+    tableinit.drawn_together(TwoTables().init, wrong)(jax.random.key(1), ids,
+                                                      ids)

@@ -96,6 +96,23 @@ def test_evaluate_is_the_exact_mean(n, bs):
                                              rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["dot_bias", "embedding_nn"])
+def test_evaluation_block_size_changes_no_bit(name):
+  """--eval_bs "does not change the result": the default block
+  (steps.EVAL_BATCH) holds a whole ML-100k validation set, smaller ones
+  loop; the predictions and metrics are the same bits."""
+  state, valid = _state(name), _ratings(1000, seed=6)
+  run = jax.jit(training.evaluate, static_argnums=2)
+  want = run(state, valid, steps.EVAL_BATCH)
+  preds = jax.jit(steps.predict_all, static_argnums=3)
+  whole = np.asarray(preds(state, valid.users, valid.items, 1000))
+  for bs in (64, 999):
+    np.testing.assert_array_equal(
+        np.asarray(preds(state, valid.users, valid.items, bs)), whole)
+    for metric, value in run(state, valid, bs).items():
+      assert float(value) == float(want[metric]), (bs, metric)
+
+
 def test_smooth_losses_is_fastais_debiased_ema():
   losses = np.array([4.0, 2.0, 1.0])
   avg, count, smooth = training.smooth_losses(losses, 0.0, 0)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcf.errors import UserError
+from jaxcf.models import tableinit
 from jaxcf.models.layers import YRange
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -287,12 +288,8 @@ def dtypes(spec: Spec) -> dict:
 
 
 def _param_shapes(model: nn.Module) -> list[jax.ShapeDtypeStruct]:
-  # The key and ids made inside eval_shape: traced, nothing compiled (made
-  # outside, a cold process would compile four small programs for them).
-  dummy = jax.ShapeDtypeStruct((1,), jnp.int32)
-  shapes = jax.eval_shape(lambda ids: model.init(jax.random.key(0), ids,
-                                                 ids), dummy)
-  return jax.tree.leaves(shapes["params"])
+  # One trace per module, shared with the initialisation's table keys.
+  return jax.tree.leaves(tableinit.traced_init(model).params)
 
 
 def count_params(model: nn.Module) -> int:

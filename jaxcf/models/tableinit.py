@@ -24,13 +24,23 @@ float32, those whose key is not a typed, partitionable threefry key, those
 past 2**32 elements in all, and those asked for under a transformation
 inside `init` (`nn.remat`, `nn.scan`, an inner `jax.jit`: their keys live
 in another trace).
+
+The keys Flax derives for the tables (a fold_in of the init key per table)
+are a Threefry hash each, and cost the compile as much again: the book's
+dot_bias init compiled in 0.37 s with them and 0.17-0.20 s without
+(`lower(...).compile(loop.RUN_ONCE)`, 2 cores, 2026-12-03). `host_keys`
+computes them on the host (`jaxcf.keys`) from one trace of the init
+(`traced_init`, which also gives the parameters' shapes), and
+`drawn_together(init, table_keys)` draws with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
+from typing import Any
 
 import jax
 from jax.extend import core as jax_core
@@ -94,21 +104,27 @@ class _Draws:
                          "its second pass")
     return self.tables.pop(0)
 
-  def draw(self) -> None:
+  def draw(self, table_keys=None) -> None:
+    """Draws the recorded tables, with `table_keys` (uint32 [tables, 2])
+    for their keys if given."""
     shapes = tuple(shape for _, shape in self.requests)
-    self.tables = list(_draw([key for key, _ in self.requests], shapes))
+    if table_keys is None:
+      table_keys = [jax.random.key_data(key) for key, _ in self.requests]
+    elif table_keys.shape != (len(shapes), 2):
+      raise RuntimeError(f"table_keys of shape {table_keys.shape} for "
+                         f"{len(shapes)} tables")
+    self.tables = list(_draw(table_keys, shapes))
     self.size = 0
 
 
 @functools.partial(jax.jit, static_argnums=1)  # one program when eager, too
-def _draw(table_keys, shapes):
-  """fastai tables of `shapes`, one per key, from one hash and one map over
-  all their elements: element i of the whole belongs to the last table j
-  with start_j <= i, and hashes the counter (0, i - start_j) under table
-  j's key."""
+def _draw(words, shapes):
+  """fastai tables of `shapes`, one per key (words: each key's data,
+  uint32 [2]), from one hash and one map over all their elements: element
+  i of the whole belongs to the last table j with start_j <= i, and hashes
+  the counter (0, i - start_j) under table j's key."""
   sizes = [math.prod(shape) for shape in shapes]
   starts = np.cumsum([0] + sizes)
-  words = [jax.random.key_data(key) for key in table_keys]
   i = jax.lax.iota(jnp.uint32, int(starts[-1]))
   k1, k2 = (jnp.full_like(i, words[0][w]) for w in (0, 1))
   start = jnp.zeros_like(i)
@@ -136,25 +152,107 @@ def _normal_from_bits(bits: jax.Array) -> jax.Array:
   return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
 
 
-def drawn_together(init):
+def _recording(init, draws: _Draws, *args, **kwargs):
+  outer = getattr(_COLLECTING, "draws", None)
+  _COLLECTING.draws = draws
+  try:
+    return init(*args, **kwargs)
+  finally:
+    _COLLECTING.draws = outer
+
+
+def drawn_together(init, table_keys=None):
   """`init` (e.g. a module's `init`) with every `fastai_normal` table it
-  asks for drawn in one computation; same values."""
+  asks for drawn in one computation; same values.
+
+  table_keys: uint32 [tables, 2], the data of the keys `init` derives for
+  its tables (`host_keys`), so that the computation need not derive them;
+  None: derived as `init` does.
+  """
 
   @functools.wraps(init)
   def run(*args, **kwargs):
-    draws, outer = _Draws(), getattr(_COLLECTING, "draws", None)
-    _COLLECTING.draws = draws
-    try:
-      out = init(*args, **kwargs)
-      if not draws.requests:
-        return out
-      draws.draw()
-      out = init(*args, **kwargs)
-    finally:
-      _COLLECTING.draws = outer
+    draws = _Draws()
+    out = _recording(init, draws, *args, **kwargs)
+    if not draws.requests:
+      return out
+    draws.draw(table_keys)
+    out = _recording(init, draws, *args, **kwargs)
     if draws.tables:
       raise RuntimeError("the initialisation asked for fewer tables on its "
                          "second pass")
     return out
 
   return run
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedInit:
+  """What one trace of a module's `init(key, ids, ids)` tells.
+
+  params: the parameters' shapes (`jax.ShapeDtypeStruct` leaves); keys:
+  the jaxpr from the init key to the data of the keys of the tables drawn
+  together, pruned to what those need (None: no such tables).
+  """
+  params: Any
+  keys: Any = None
+
+
+@functools.lru_cache(maxsize=32)
+def traced_init(model) -> TracedInit:
+  """Traces `model.init` (with one-id dummy batches, as `steps.
+  create_train_state` calls it) once per module; nothing is compiled."""
+
+  def first_pass(key):
+    draws = _Draws()
+    ids = jnp.zeros((1,), jnp.int32)  # made inside: nothing to compile
+    variables = _recording(model.init, draws, key, ids, ids)
+    return variables["params"], [jax.random.key_data(k)
+                                 for k, _ in draws.requests]
+
+  closed, (params, words) = jax.make_jaxpr(first_pass, return_shape=True)(
+      jax.eval_shape(jax.random.key, 0))
+  n_params = len(jax.tree.leaves(params))
+  return TracedInit(params, _pruned(closed, n_params) if words else None)
+
+
+def _pruned(closed, skip: int):
+  """The equations of `closed` that its outputs after the first `skip`
+  need, with those outputs (in order): (jaxpr, consts)."""
+  jaxpr = closed.jaxpr
+  outs = jaxpr.outvars[skip:]
+  needed = {v for v in outs if not isinstance(v, jax_core.Literal)}
+  kept = []
+  for eqn in reversed(jaxpr.eqns):
+    if any(v in needed for v in eqn.outvars):
+      kept.append(eqn)
+      needed.update(v for v in eqn.invars
+                    if not isinstance(v, jax_core.Literal))
+  return jaxpr.invars[0], kept[::-1], outs, dict(zip(jaxpr.constvars,
+                                                     closed.consts))
+
+
+def host_keys(model, key: jax.Array) -> np.ndarray | None:
+  """uint32 [tables, 2]: the data of the keys `model.init` derives from
+  the typed `key` for its fastai tables (in the order it asks for them),
+  computed on the host; None when it has no such tables, `key` is not a
+  partitionable threefry key, or the derivation is more than fold_ins of
+  constants (then `drawn_together` derives them as `init` does)."""
+  traced = traced_init(model)
+  if traced.keys is None or not keys.threefry_key(key):
+    return None
+  root, eqns, outs, env = traced.keys
+  env = {**env, root: np.asarray(jax.random.key_data(key), np.uint32)}
+  read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
+  for eqn in eqns:
+    name = eqn.primitive.name
+    if name == "random_unwrap":
+      env[eqn.outvars[0]] = read(eqn.invars[0])
+    elif name == "random_fold_in":
+      data = np.asarray(read(eqn.invars[1]))
+      if data.shape or data.dtype != np.uint32:
+        return None
+      env[eqn.outvars[0]] = keys.fold_in(read(eqn.invars[0]), [data])[0]
+    else:
+      return None
+  return np.stack([read(v) for v in outs]).astype(np.uint32)
