@@ -41,7 +41,10 @@ if __name__ == "__main__":
   if not jax.distributed.is_initialized():
     # Every file is written and closed: skip the interpreter's teardown of
     # JAX and its threads (~0.4 s). Several processes shut down together.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except OSError:  # a reader that has gone (`| head`): nothing to say
+        pass
     os._exit(code)
   sys.exit(code)

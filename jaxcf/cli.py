@@ -8,6 +8,8 @@ tests call it in-process with their own `absl.flags.FlagValues`.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Callable
 
@@ -30,7 +32,10 @@ def _quiet() -> None:
 
 def guarded(body: Callable[[], object]) -> int:
   """Runs body; a UserError is one line and 2, a stop by a signal its
-  message and 128 + the signal's number."""
+  message and 128 + the signal's number. A reader that leaves early
+  (`train.py | head`) stops the run as SIGPIPE stops other tools: quietly,
+  141; what a run writes appears atomically, so nothing is left half
+  written."""
   from jaxcf import outputs  # pylint: disable=g-import-not-at-top
   try:
     body()
@@ -42,6 +47,10 @@ def guarded(body: Callable[[], object]) -> int:
   except KeyboardInterrupt:  # where no checkpoint can be taken (sweeps)
     print("stopped by SIGINT; nothing was saved", file=sys.stderr)
     return 130
+  except BrokenPipeError:
+    # Python would print a traceback flushing stdout at exit: no more of it.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
   return 0
 
 

@@ -253,7 +253,9 @@ def compile_together(*lowered):
   cores), so on a 2-core machine a run's programs compiled this way (the
   epoch and evaluation here, the initialisation alongside on `Compiling`)
   take about as long as one after another; with more cores they should
-  overlap (not measured)."""
+  overlap (not measured). `training.fit` starts its three on `Compiling`
+  instead, the epoch first, so that the other two trace and lower while
+  it compiles."""
   if len(lowered) == 1:
     return (lowered[0].compile(),)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:

@@ -6,7 +6,7 @@ where the arrays live in `jaxcf.placement`. `fit` ties them together:
 
     state = create_train_state(model, optimizer, init_key)
     placed = placement.place(state, data, ...)          # devices, shards
-    program = batch_program(placed, ...)                # compiled epoch
+    program, compiled = batch_program(placed, ...)      # epoch compiling
     loop.train_program(program, placed.state, hooks)    # epochs, rows
 """
 
@@ -154,10 +154,11 @@ class FitResult:
 
 def batch_program(placed: placement.Placed, config: TrainConfig,
                   steps_per_epoch: int, chunk: int, first_step: int
-                  ) -> tuple[loop.Program, float]:
+                  ) -> tuple[loop.Program, Callable[[], None]]:
   """One model's compiled epoch (calls of `chunk` steps) and evaluation,
-  compiled with the batches of `first_step`'s epoch; returns (program,
-  compile seconds)."""
+  compiled with the batches of `first_step`'s epoch. Returns the program
+  at once, its two programs compiling on threads (the epoch, the longest,
+  first), and a function that waits until both are compiled."""
   epoch_rows = {}
 
   def inputs(step: int, count: int):
@@ -167,21 +168,21 @@ def batch_program(placed: placement.Placed, config: TrainConfig,
       epoch_rows[epoch] = placed.order(epoch)
     return placed.to_device(epoch_rows[epoch][into_epoch:into_epoch + count])
 
-  t0 = time.perf_counter()
   epoch_jit = jax.jit(placed.epoch_fn, donate_argnums=0,
-                   out_shardings=placed.out_shardings)
-  epoch_compiled, run_eval = loop.compile_together(
-      epoch_jit.lower(placed.state, placed.train, inputs(first_step, chunk)),
-      jax.jit(evaluate, static_argnums=2).lower(
-          placed.state, placed.valid, config.eval_batch_size))
+                      out_shardings=placed.out_shardings)
+  epoch = loop.Compiling(epoch_jit.lower(placed.state, placed.train,
+                                         inputs(first_step, chunk)))
+  evaluation = loop.Compiling(jax.jit(evaluate, static_argnums=2).lower(
+      placed.state, placed.valid, config.eval_batch_size))
   program = loop.Program(
       steps_per_epoch=steps_per_epoch, epochs=config.epochs, chunk=chunk,
       report_every=1, inputs=inputs,
-      train=lambda state, rows: (epoch_compiled if len(rows) == chunk else epoch_jit)(
-          state, placed.train, rows),
-      evaluate=lambda state: run_eval(state, placed.valid),
+      train=lambda state, rows: (
+          epoch.result() if len(rows) == chunk else epoch_jit)(
+              state, placed.train, rows),
+      evaluate=lambda state: evaluation.result()(state, placed.valid),
       lr=lambda state: state.opt_state.lr)
-  return program, time.perf_counter() - t0
+  return program, lambda: (epoch.result(), evaluation.result())
 
 
 def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
@@ -225,16 +226,17 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   per_epoch, tx = plan(model, data, config, mesh, shard_data)
   constants = model_constants(model, data)
   # The initialisation is one compiled program (cached across runs; op by
-  # op is much slower cold), compiling on a thread while the checkpoints
-  # are read and the epoch lowered from the state's shapes. Its keys, the
-  # run's and its tables', are drawn on the host (`jaxcf.keys`,
-  # `tableinit.host_keys`): the program is compiled from their types alone.
+  # op is much slower cold). Its keys, the run's and its tables', are drawn
+  # on the host (`jaxcf.keys`, `tableinit.host_keys`): the program is
+  # compiled from their types alone. Traced first, for the state's shapes;
+  # lowered and compiled once the epoch, which takes longest, is compiling.
   init_key, order_key = keys.run_keys(config.seed)
   derived = (tableinit.host_keys(model, init_key),
              keys.fold_key(init_key, 1))
-  init = loop.Compiling(jax.jit(create_train_state, static_argnums=(0, 1))
-                        .lower(model, tx, jax.eval_shape(jax.random.key, 0),
-                               constants, *derived), loop.RUN_ONCE)
+  init = jax.jit(create_train_state, static_argnums=(0, 1)).trace(
+      model, tx, jax.eval_shape(jax.random.key, 0), constants, *derived)
+  run_init = lambda: loop.Compiling(init.lower(), loop.RUN_ONCE).result()(
+      init_key, constants, *derived)
   state, progress = None, None
   restored = checkpoints.restore(init.out_info) if checkpoints else None
   if restored:
@@ -245,7 +247,7 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
     say(f"resuming at epoch {epoch}, step {into_epoch} of {per_epoch}, from "
         f"{checkpoints.directory}")
   if state is None and mesh is not None:  # sharding needs the values
-    state = init.result()(init_key, constants, *derived)
+    state = run_init()
   placed = placement.place(init.out_info if state is None else state, data,
                            batch_size=config.batch_size,
                            sampling=config.sampling, order_key=order_key,
@@ -255,10 +257,11 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   setup_seconds = time.perf_counter() - started
   first = min(progress.step if progress else 0, per_epoch * config.epochs - 1)
   t0 = time.perf_counter()
-  program, _ = batch_program(placed, config, per_epoch, chunk,
-                             first // per_epoch * per_epoch)
+  program, compiled = batch_program(placed, config, per_epoch, chunk,
+                                    first // per_epoch * per_epoch)
   if state is None:
-    placed.put_state(init.result()(init_key, constants, *derived))
+    placed.put_state(run_init())
+  compiled()
   compile_seconds = time.perf_counter() - t0
   say(f"compiled the train epoch and evaluation in {compile_seconds:.2f}s "
       f"({per_epoch} steps of {config.batch_size} per epoch"
