@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -246,20 +248,30 @@ def _report(program: Program, ctx: Context, hooks: Sequence[Hook],
   return evaluated
 
 
+def usable_cores() -> int:
+  """Cores this process may run on (its affinity where the OS has one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+@functools.cache
+def _compile_queue() -> concurrent.futures.ThreadPoolExecutor:
+  # XLA:CPU already spreads one compile over the cores (the book run's
+  # epoch: 0.62 s wall, 1.07 s CPU on 2 cores), so compiles side by side
+  # on as many cores only share them: one per core beyond the caller's,
+  # who meanwhile traces and lowers the next program. Against one thread
+  # per program, the book run's time to 0.87 was the same on two cores
+  # and 0.09 s sooner on one (benchmarks/throughput.py --baseline, 2026-12-04).
+  return concurrent.futures.ThreadPoolExecutor(
+      max(1, usable_cores() - 1), thread_name_prefix="jaxcf-compile")
+
+
 def compile_together(*lowered):
-  """Compiles lowered programs (`jax.jit(f).lower(...)`) side by side, one
-  thread each; returns them in order. XLA:CPU already spreads one compile
-  over the cores (the book run's epoch: 0.62 s wall, 1.07 s CPU on 2
-  cores), so on a 2-core machine a run's programs compiled this way (the
-  epoch and evaluation here, the initialisation alongside on `Compiling`)
-  take about as long as one after another; with more cores they should
-  overlap (not measured). `training.fit` starts its three on `Compiling`
-  instead, the epoch first, so that the other two trace and lower while
-  it compiles."""
-  if len(lowered) == 1:
-    return (lowered[0].compile(),)
-  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-    return tuple(pool.map(lambda low: low.compile(), lowered))
+  """Compiles lowered programs (`jax.jit(f).lower(...)`) on the compile
+  queue (see `Compiling`); returns them in order."""
+  compiling = [Compiling(low) for low in lowered]
+  return tuple(c.result() for c in compiling)
 
 
 # A program that runs once (an initialisation) compiles with fewer of LLVM's
@@ -271,16 +283,16 @@ RUN_ONCE = {"xla_backend_optimization_level": 1}
 
 
 class Compiling:
-  """A lowered program compiling on a thread while the caller goes on (as
-  far as the cores allow: see `compile_together`): `out_info` is its
-  output's shapes at once, `result()` the compiled program when done.
-  options: XLA compiler options (RUN_ONCE for a program run once)."""
+  """A lowered program queued to compile on a thread while the caller goes
+  on: `out_info` is its output's shapes at once, `result()` the compiled
+  program when done. Programs compile in the order they were queued, one
+  per core beyond the caller's (one at a time on one or two cores: more
+  at once only slow each other). options: XLA compiler options (RUN_ONCE
+  for a program run once)."""
 
   def __init__(self, lowered, options: dict | None = None):
     self.out_info = lowered.out_info
-    self._pool = concurrent.futures.ThreadPoolExecutor(1)
-    self._future = self._pool.submit(lowered.compile, options)
-    self._pool.shutdown(wait=False)
+    self._future = _compile_queue().submit(lowered.compile, options)
 
   def result(self):
     return self._future.result()
