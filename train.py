@@ -37,14 +37,9 @@ def main(flag_values: flags.FlagValues) -> None:
 
 if __name__ == "__main__":
   cliconfig.define(flags.FLAGS)
-  code = cli.main(sys.argv, main, flags.FLAGS)
+  code = cli.flush_output(cli.main(sys.argv, main, flags.FLAGS))
   if not jax.distributed.is_initialized():
     # Every file is written and closed: skip the interpreter's teardown of
     # JAX and its threads (~0.4 s). Several processes shut down together.
-    for stream in (sys.stdout, sys.stderr):
-      try:
-        stream.flush()
-      except OSError:  # a reader that has gone (`| head`): nothing to say
-        pass
     os._exit(code)
   sys.exit(code)

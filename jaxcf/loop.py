@@ -275,9 +275,9 @@ def compile_together(*lowered):
 
 
 # A program that runs once (an initialisation) compiles with fewer of LLVM's
-# optimisation passes: the book dot_bias's init, mostly its four tables'
-# random normals, compiles in 0.51 s instead of 0.80 s on 2 cores. The values
-# are the same bit for bit (initialisers are integer hashing and elementwise
+# optimisation passes: the book dot_bias's init as `fit` runs it compiles
+# in 0.14 s instead of 0.18 s (benchmarks/init_compile.py). The values are
+# the same bit for bit (initialisers are integer hashing and elementwise
 # maps; tests/test_families.py checks every family).
 RUN_ONCE = {"xla_backend_optimization_level": 1}
 

@@ -229,6 +229,7 @@ class Train:
                           " move and update the rows with small C++ kernels "
                           "(CPU, one device, float32; built on first use).",
                           affects_result=False)
+  # steps.EVAL_BATCH, written out: config stays free of JAX at import.
   eval_bs: int = field(32768, "Evaluation batch size (does not change the "
                        "result).", affects_result=False)
 

@@ -154,11 +154,12 @@ class FitResult:
 
 def batch_program(placed: placement.Placed, config: TrainConfig,
                   steps_per_epoch: int, chunk: int, first_step: int
-                  ) -> tuple[loop.Program, Callable[[], None]]:
+                  ) -> tuple[loop.Program, Callable[[], object]]:
   """One model's compiled epoch (calls of `chunk` steps) and evaluation,
   compiled with the batches of `first_step`'s epoch. Returns the program
-  at once, its two programs compiling on threads (the epoch, the longest,
-  first), and a function that waits until both are compiled."""
+  at once, its two programs queued to compile (`loop.Compiling`; the
+  epoch, the longest, first), and a function that waits until both are
+  compiled."""
   epoch_rows = {}
 
   def inputs(step: int, count: int):
@@ -229,7 +230,8 @@ def fit(model: nn.Module, data: CollabData, config: TrainConfig, *,
   # op is much slower cold). Its keys, the run's and its tables', are drawn
   # on the host (`jaxcf.keys`, `tableinit.host_keys`): the program is
   # compiled from their types alone. Traced first, for the state's shapes;
-  # lowered and compiled once the epoch, which takes longest, is compiling.
+  # lowered and queued to compile after the epoch and the evaluation, so
+  # that the epoch, which takes longest, starts compiling first.
   init_key, order_key = keys.run_keys(config.seed)
   derived = (tableinit.host_keys(model, init_key),
              keys.fold_key(init_key, 1))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcf import datasets, loop, models, optim, steps, training
+from jaxcf import datasets, loop, models, optim, sections, steps, training
 from jaxcf.data import Ratings
 from jaxcf.errors import UserError
 
@@ -101,12 +101,14 @@ def test_evaluation_block_size_changes_no_bit(name):
   """--eval_bs "does not change the result": the default block
   (steps.EVAL_BATCH) holds a whole ML-100k validation set, smaller ones
   loop; the predictions and metrics are the same bits."""
-  state, valid = _state(name), _ratings(1000, seed=6)
+  assert sections.Train().eval_bs == steps.EVAL_BATCH  # --eval_bs default
+  n = steps.EVAL_BATCH + 1000  # the default block, and a partial one
+  state, valid = _state(name), _ratings(n, seed=6)
   run = jax.jit(training.evaluate, static_argnums=2)
-  want = run(state, valid, steps.EVAL_BATCH)
+  want = run(state, valid, n)
   preds = jax.jit(steps.predict_all, static_argnums=3)
-  whole = np.asarray(preds(state, valid.users, valid.items, 1000))
-  for bs in (64, 999):
+  whole = np.asarray(preds(state, valid.users, valid.items, n))
+  for bs in (64, 999, steps.EVAL_BATCH):
     np.testing.assert_array_equal(
         np.asarray(preds(state, valid.users, valid.items, bs)), whole)
     for metric, value in run(state, valid, bs).items():
@@ -263,3 +265,17 @@ def test_even_calls_split_a_run_into_equal_calls_where_they_can():
       assert abs(got - every) == min(abs(d - every) for d in fitting)
   assert [loop.even_calls(n, k) for n, k in
           ((25, 2), (45, 4), (64, 6), (97, 9), (500, 50))] == [5, 5, 8, 9, 50]
+
+
+def test_compiles_queue_in_order_and_pass_on_their_errors():
+  """`loop.Compiling`: programs come back in the order asked, one compile
+  per core beyond the caller's, and a compile's error reaches the caller
+  (here XLA refusing an option)."""
+  add, triple = loop.compile_together(
+      jax.jit(lambda x: x + 1).lower(1.0), jax.jit(lambda x: x * 3).lower(1.0))
+  assert (float(add(2.0)), float(triple(2.0))) == (3.0, 6.0)
+  assert loop._compile_queue()._max_workers == max(1, loop.usable_cores() - 1)  # pylint: disable=protected-access
+  bad = loop.Compiling(jax.jit(lambda x: x - 1).lower(1.0),
+                       {"xla_no_such_option": 1})
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    bad.result()

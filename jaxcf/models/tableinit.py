@@ -5,10 +5,11 @@ fastai initialises a table with `trunc_normal_(std=0.01)`: standard normal
 draws, fmod 2, times 0.01. Drawn table by table with `jax.random.normal`, a
 model's initialisation program holds one Threefry hash and one inverse-erf
 map per table, and XLA compiles each: the book's dot_bias's `init` (four
-tables, and the keys Flax derives for them) compiled in 0.54-0.62 s, and in
-0.24-0.25 s with one hash and one map over all the tables' elements
-(`lower(...).compile(loop.RUN_ONCE)`, XLA:CPU on 2 cores, 2026-12-03),
-out of the ~1.5 s a first book run used to spend compiling.
+tables, and the keys Flax derives for them) compiled in 0.45 s, and
+`steps.create_train_state` with one hash and one map over all the tables'
+elements in 0.24 s (`benchmarks/init_compile.py`, at `loop.RUN_ONCE`,
+XLA:CPU on 2 cores, medians of 5 rounds, 2026-12-04; results in
+`benchmarks/results/init_compile.md`).
 
 `drawn_together(init)` runs an initialisation twice in one trace: the first
 pass records each table's key and shape (handing out zeros), one
@@ -26,10 +27,9 @@ inside `init` (`nn.remat`, `nn.scan`, an inner `jax.jit`: their keys live
 in another trace).
 
 The keys Flax derives for the tables (a fold_in of the init key per table)
-are a Threefry hash each, and cost the compile as much again: the book's
-dot_bias init compiled in 0.37 s with them and 0.17-0.20 s without
-(`lower(...).compile(loop.RUN_ONCE)`, 2 cores, 2026-12-03). `host_keys`
-computes them on the host (`jaxcf.keys`) from one trace of the init
+are a Threefry hash each, and cost the compile almost as much again: 0.14
+s with them computed on the host (the same benchmark's `host keys` row).
+`host_keys` computes them there (`jaxcf.keys`) from one trace of the init
 (`traced_init`, which also gives the parameters' shapes), and
 `drawn_together(init, table_keys)` draws with them.
 """
