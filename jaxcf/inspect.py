@@ -100,4 +100,4 @@ def main(argv: list[str], flag_values: flags.FlagValues | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:], flags.FLAGS))
+  sys.exit(cli.flush_output(main(sys.argv[1:], flags.FLAGS)))

@@ -84,12 +84,15 @@ def test_flush_output_reports_what_could_not_be_written(monkeypatch):
     full.close()
 
 
-def test_the_script_into_a_closed_pipe_exits_141_without_a_traceback():
-  """`train.py --help | true`: the help text (more than a pipe's buffer)
-  meets a reader that has gone."""
+@pytest.mark.parametrize("script", [[str(REPO / "train.py")],
+                                    ["-m", "jaxcf.inspect"]],
+                         ids=["train.py", "jaxcf.inspect"])
+def test_the_scripts_into_a_closed_pipe_exit_141_without_a_traceback(script):
+  """`train.py --help | true`: the help text meets a reader that has
+  gone."""
   r, w = os.pipe()
   os.close(r)
-  done = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"],
+  done = subprocess.run([sys.executable, *script, "--help"], cwd=REPO,
                         stdout=w, stderr=subprocess.PIPE, text=True,
                         timeout=120, check=False)
   os.close(w)
